@@ -1,0 +1,15 @@
+"""lalm-interp: mechanistic interpretability and knowledge editing for large audio-language models."""
+
+__version__ = "0.1.0"
+
+from .sites import Site, parse as parse_site  # noqa: E402
+
+
+def load(name_or_path, **kwargs):
+    """Load a model, its processor and its adapter. See :func:`lalm_interp.loading.load`."""
+    from .loading import load as _load
+
+    return _load(name_or_path, **kwargs)
+
+
+__all__ = ["Site", "parse_site", "load", "__version__"]
