@@ -69,7 +69,8 @@ def convert(values: Any, site: str, requested: str | None) -> tuple[np.ndarray, 
     target = storage_dtype(original, requested)
     if arr.dtype == target:
         return arr, original
-    out = arr.astype(target)
+    with np.errstate(over="ignore"):
+        out = arr.astype(target)
     if target == np.float16:
         overflow = np.isinf(out) & np.isfinite(arr)
         if overflow.any():

@@ -102,7 +102,8 @@ def assemble(
                 )
             pieces.append(info)
     per_key = [_one_key(k, pieces, counter) for k in keys]
-    if len(per_key) == 1 and not p.is_pattern:
+    wildcard = any(isinstance(seg, (_sites.Star, _sites.Range)) for seg in p.path)
+    if len(per_key) == 1 and not wildcard:
         out = per_key[0]
     else:
         out = _stack(per_key, keys)
