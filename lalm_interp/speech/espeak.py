@@ -279,6 +279,25 @@ class EspeakBackend:
             conn.send(sorted(names))
             conn.close()
 
+    def variants(self) -> tuple[str, ...] | None:
+        """Names of the installed voice variants (``voices/!v`` in the data folder); ``None`` when
+        the data folder is unknown (system library with its built-in path)."""
+        if not self.data_path:
+            return None
+        folder = os.path.join(self.data_path, "voices", "!v")
+        return tuple(sorted(os.listdir(folder))) if os.path.isdir(folder) else None
+
+    def _check_variant(self, rendition: Rendition) -> None:
+        # espeak-ng silently ignores an unknown variant; refuse it instead.
+        known = self.variants()
+        if rendition.variant is None or known is None or rendition.variant in known:
+            return
+        close = difflib.get_close_matches(rendition.variant, known, n=4, cutoff=0.4)
+        raise SpeechError(f"espeak-ng has no voice variant {rendition.variant!r} "
+                          f"(rendition {rendition}).\n  expected: one of {len(known)} variants, "
+                          f"e.g. {', '.join(close or ['m1', 'm3', 'f2', 'klatt'])}\n"
+                          "  fix: pick a listed variant (EspeakBackend().variants())")
+
     def synthesize(self, text: str, rendition: Rendition = Rendition()) -> Utterance:
         """Synthesise one utterance in a freshly forked child (bit-exact across calls)."""
         for _, res in self.synthesize_many([(text, rendition)], workers=1):
@@ -300,6 +319,7 @@ class EspeakBackend:
                     i, (text, rendition) = pending.popleft()
                     try:
                         check_text(text)
+                        self._check_variant(rendition)
                     except SpeechError as err:
                         yield i, err
                         continue
@@ -345,6 +365,7 @@ class EspeakBackend:
         calls drift, and children forked afterwards inherit the drifted state. For benchmarks of
         the fork overhead only; see ``docs/gotchas/tts-determinism.md``."""
         check_text(text)
+        self._check_variant(rendition)
         try:
             audio, events, rate = self._raw(text, rendition)
         except _VoiceNotFound as err:
