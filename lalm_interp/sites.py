@@ -193,11 +193,11 @@ def expand(pattern: "str | Site | Iterable[str | Site]", adapter: "Adapter") -> 
             out.update(dict.fromkeys(expand(p, adapter)))
         return sorted(out, key=adapter.forward_rank)
     p = parse(pattern)
-    n = adapter.n_layers(p.stream) if p.stream in adapter.streams else None
     if p.stream not in adapter.streams:
         raise SiteError(
             f"site {p}: adapter {adapter.name!r} has no stream {p.stream!r}; it has {list(adapter.streams)}."
         )
+    n = adapter.n_layers(p.stream) if p.is_layer_site else None
     # An explicit layer index must exist: say so rather than 'no match'.
     if p.is_layer_site and len(p.path) >= 2 and isinstance(p.path[1], int):
         idx = p.path[1]

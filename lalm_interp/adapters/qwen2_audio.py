@@ -1,0 +1,84 @@
+"""Adapter for ``Qwen2AudioForConditionalGeneration`` (transformers 5: parts under ``model.model``).
+
+Audio stream: Whisper-style encoder. ``conv1`` (k3 s1) and ``conv2`` (k3 s2 p1) output
+(B, C, T) **before** their GELU; ``conv2``/layers run at 50 frames/s over the whole padded window;
+``avg_pooler`` (k2 s2) brings them to 25/s; ``layer_norm``; the projector maps to the LLM width.
+Per encoder layer: ``attn`` = ``self_attn`` output[0], ``mlp`` = ``fc2`` output (the MLP's
+contribution before the residual add; ``mlp.down`` is the same module, ``mlp.down@in`` its key),
+``resid`` = the layer output. Text stream: a Qwen2 decoder. See ``docs/adapters/qwen2_audio.md``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..rates import RateChain, Stage
+from .base import BCT, BTC, SEQ, TUPLE0, AdapterSpec, Component, placeholder_slots
+
+A = "model.audio_tower"
+T = "model.language_model"
+AD = "audio_config.d_model"
+TD = "text_config.hidden_size"
+
+
+def qwen2_audio_rate_chain(config: Any, processor: Any = None) -> RateChain:
+    fe = getattr(processor, "feature_extractor", None)
+    sr = int(getattr(fe, "sampling_rate", 16000))
+    hop = int(getattr(fe, "hop_length", 160))
+    return RateChain(
+        sample_rate=sr,
+        hop=hop,
+        stages=(
+            Stage("mel"),
+            Stage("encoder", stride=2, kernel=3, padding=1),  # conv2
+            Stage("token", stride=2, kernel=2, padding=0),  # avg_pooler
+        ),
+    )
+
+
+def chat_or_plain_prompt(processor: Any, instruction: str, style: str) -> str:
+    """The text of a prompt with one audio placeholder, through the processor's chat template
+    (``style="chat"``) or Qwen2-Audio's base-model format (``style="plain"``)."""
+    if style == "chat":
+        messages = [
+            {"role": "user", "content": [{"type": "audio", "audio": "<clip>"}, {"type": "text", "text": instruction}]}
+        ]
+        return processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    bos = getattr(processor, "audio_bos_token", "<|audio_bos|>")
+    eos = getattr(processor, "audio_eos_token", "<|audio_eos|>")
+    return f"{bos}{processor.audio_token}{eos}{instruction}"
+
+
+ADAPTER = AdapterSpec(
+    name="qwen2_audio",
+    model_types=("qwen2_audio",),
+    hf_class="transformers:Qwen2AudioForConditionalGeneration",
+    layer_counts={"audio": "audio_config.encoder_layers", "text": "text_config.num_hidden_layers"},
+    sites={
+        # forward (execution) order: the token embedding runs before the audio tower
+        "text.embed": Component(f"{T}.embed_tokens", TD, stage=SEQ),
+        "audio.conv1": Component(f"{A}.conv1", AD, layout=BCT, stage="mel"),
+        "audio.conv2": Component(f"{A}.conv2", AD, layout=BCT, stage="encoder"),
+        "audio.layers.{i}.attn": Component(f"{A}.layers.{{i}}.self_attn", AD, out=TUPLE0, stage="encoder"),
+        "audio.layers.{i}.mlp.down": Component(
+            f"{A}.layers.{{i}}.fc2", AD, stage="encoder", in_dim="audio_config.encoder_ffn_dim"
+        ),
+        "audio.layers.{i}.mlp": Component(f"{A}.layers.{{i}}.fc2", AD, stage="encoder"),
+        "audio.layers.{i}.resid": Component(f"{A}.layers.{{i}}", AD, stage="encoder", in_dim=AD),
+        "audio.pool": Component(f"{A}.avg_pooler", AD, layout=BCT, stage="token"),
+        "audio.norm": Component(f"{A}.layer_norm", AD, layout=BTC, stage="token"),
+        "proj": Component("model.multi_modal_projector", TD, stage="token"),
+        "text.layers.{i}.attn": Component(f"{T}.layers.{{i}}.self_attn", TD, out=TUPLE0),
+        "text.layers.{i}.mlp.down": Component(
+            f"{T}.layers.{{i}}.mlp.down_proj", TD, in_dim="text_config.intermediate_size"
+        ),
+        "text.layers.{i}.mlp": Component(f"{T}.layers.{{i}}.mlp", TD),
+        "text.layers.{i}.resid": Component(f"{T}.layers.{{i}}", TD, in_dim=TD),
+        "text.norm": Component(f"{T}.norm", TD),
+        "text.logits": Component("lm_head", "text_config.vocab_size"),
+    },
+    rate_chain=qwen2_audio_rate_chain,
+    build_prompt=chat_or_plain_prompt,
+    audio_slots=placeholder_slots,
+    audio_token_attr="audio_token_id",
+)

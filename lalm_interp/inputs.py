@@ -1,0 +1,188 @@
+"""Spoken-prompt inputs: audio + a fixed text instruction → model inputs, with every position known.
+
+:func:`build_inputs` checks the audio (16 kHz mono float, non-empty, within the encoder window),
+renders the prompt through the processor's chat template (or the plain base-model format), lets
+the real processor expand the audio placeholder to the right number of audio ids, left-pads the
+text and adds position ids. The returned :class:`PromptBatch` records, per example, where the audio
+sits in the LLM sequence and how many mel frames are real, so spans and scoring never guess.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from jaxtyping import Float, Int
+
+from .adapters.base import Adapter
+from .errors import AudioInputError
+
+DEFAULT_INSTRUCTION = "Complete the sentence."
+
+
+@dataclass
+class PromptBatch:
+    """Model inputs plus per-example bookkeeping (all positions index the padded LLM sequence).
+
+    model_inputs: keyword arguments for the HF model forward (ids, masks, mel features, position ids).
+    n_mel: real (unpadded) mel frames per example.
+    audio_start / n_audio: first LLM position of the audio and the number of audio positions.
+    last: index of the last real text token (the position whose logits predict the object).
+    texts: the rendered prompt strings (with one placeholder each, before expansion).
+    """
+
+    model_inputs: dict[str, torch.Tensor]
+    n_mel: list[int]
+    audio_start: list[int]
+    n_audio: list[int]
+    last: list[int]
+    texts: list[str]
+    style: str = "chat"
+    instruction: str = DEFAULT_INSTRUCTION
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def input_ids(self) -> Int[torch.Tensor, "batch seq"]:
+        return self.model_inputs["input_ids"]
+
+    @property
+    def input_features(self) -> Float[torch.Tensor, "batch mel frames"]:
+        return self.model_inputs["input_features"]
+
+    def __len__(self) -> int:
+        return int(self.input_ids.shape[0])
+
+    def select(self, rows: Sequence[int]) -> "PromptBatch":
+        """A batch of the given rows (repeats allowed), e.g. ``[0] * 8`` to replicate one example."""
+        idx = torch.as_tensor(list(rows), dtype=torch.long)
+        return PromptBatch(
+            {k: v[idx] for k, v in self.model_inputs.items()},
+            [self.n_mel[i] for i in rows],
+            [self.audio_start[i] for i in rows],
+            [self.n_audio[i] for i in rows],
+            [self.last[i] for i in rows],
+            [self.texts[i] for i in rows],
+            self.style,
+            self.instruction,
+            dict(self.extra),
+        )
+
+    def to(self, device: Any) -> "PromptBatch":
+        self.model_inputs = {k: v.to(device) for k, v in self.model_inputs.items()}
+        return self
+
+
+def check_audio(audio: Any, sample_rate: int, adapter: Adapter, *, name: str = "audio") -> np.ndarray:
+    """Validate one clip and return it as a 1-D float32 array. Raises :class:`AudioInputError`."""
+    chain = adapter.rate_chain
+    if sample_rate != chain.sample_rate:
+        raise AudioInputError(
+            f"{name}: sample rate {sample_rate} Hz, but {adapter.name} expects {chain.sample_rate} Hz. "
+            f"Resample first, e.g. scipy.signal.resample_poly(x, {chain.sample_rate}, {sample_rate})."
+        )
+    x = audio.detach().cpu().numpy() if isinstance(audio, torch.Tensor) else np.asarray(audio)
+    if x.ndim == 2 and 1 in x.shape:
+        x = x.reshape(-1)
+    if x.ndim != 1:
+        raise AudioInputError(
+            f"{name}: audio of shape {tuple(x.shape)} is not mono; expected a 1-D array of samples. "
+            "Mix down first, e.g. x.mean(axis=channel_axis)."
+        )
+    if x.size == 0:
+        raise AudioInputError(f"{name}: audio is empty; expected at least one mel hop ({chain.hop} samples).")
+    if not np.issubdtype(x.dtype, np.floating):
+        raise AudioInputError(
+            f"{name}: audio dtype {x.dtype} is not floating point; expected float samples in [-1, 1] "
+            "(divide int16 PCM by 32768)."
+        )
+    if not np.isfinite(x).all():
+        raise AudioInputError(f"{name}: audio contains NaN or infinite samples.")
+    if chain.mel_frames(x.size) < 1:
+        raise AudioInputError(f"{name}: {x.size} samples is shorter than one mel hop ({chain.hop} samples).")
+    window = window_samples(adapter)
+    if x.size > window:
+        raise AudioInputError(
+            f"{name}: {x.size / chain.sample_rate:.2f} s of audio is longer than the encoder window of "
+            f"{window / chain.sample_rate:.2f} s ({adapter.name} would silently truncate it). "
+            "Cut the clip, or use a model/processor with a longer window."
+        )
+    return x.astype(np.float32, copy=False)
+
+
+def window_samples(adapter: Adapter) -> int:
+    """Samples the encoder window holds (mel length must equal ``2 * max_source_positions``)."""
+    fe = getattr(adapter.processor, "feature_extractor", None)
+    chain = adapter.rate_chain
+    if fe is not None:
+        return int(fe.n_samples)
+    msp = int(adapter.config.audio_config.max_source_positions)
+    return 2 * msp * chain.hop
+
+
+def build_inputs(
+    processor: Any,
+    adapter: Adapter,
+    audios: Sequence[Any],
+    *,
+    sample_rate: int = 16000,
+    instruction: str | Sequence[str] = DEFAULT_INSTRUCTION,
+    style: str | None = None,
+    names: Sequence[str] | None = None,
+) -> PromptBatch:
+    """Build a :class:`PromptBatch` for spoken prompts ``audios`` (one clip each)."""
+    if len(audios) == 0:
+        raise AudioInputError("no audio clips given; build_inputs needs at least one.")
+    if adapter.processor is None:
+        adapter.processor = processor
+    names = list(names) if names is not None else [f"audio[{i}]" for i in range(len(audios))]
+    clips = [check_audio(a, sample_rate, adapter, name=n) for a, n in zip(audios, names)]
+    if style is None:
+        style = "chat" if getattr(processor, "chat_template", None) else "plain"
+    instructions = [instruction] * len(clips) if isinstance(instruction, str) else list(instruction)
+    texts = [adapter.spec.build_prompt(processor, ins, style) for ins in instructions]
+    tok = processor.tokenizer
+    old_side = tok.padding_side
+    tok.padding_side = "left"
+    try:
+        enc = processor(
+            text=texts, audio=clips, sampling_rate=sample_rate, return_tensors="pt", padding=True
+        )
+    finally:
+        tok.padding_side = old_side
+    fe = processor.feature_extractor
+    expected = 2 * int(adapter.config.audio_config.max_source_positions)
+    if enc["input_features"].shape[-1] != expected:
+        raise AudioInputError(
+            f"the processor's feature extractor makes {enc['input_features'].shape[-1]} mel frames but the "
+            f"encoder needs exactly {expected} (2 x max_source_positions); set chunk_length="
+            f"{expected * fe.hop_length // fe.sampling_rate} s in the feature extractor.",
+            page="adapters",
+        )
+    mask = enc["attention_mask"]
+    position_ids = (mask.long().cumsum(-1) - 1).clamp(min=0)
+    inputs = {
+        "input_ids": enc["input_ids"],
+        "attention_mask": mask,
+        "input_features": enc["input_features"],
+        "feature_attention_mask": enc["feature_attention_mask"],
+        "position_ids": position_ids,
+    }
+    n_mel = [int(v) for v in enc["feature_attention_mask"].sum(-1)]
+    chain = adapter.rate_chain
+    starts, counts = [], []
+    for row, nm in zip(enc["input_ids"], n_mel):
+        s, n = adapter.audio_slots(row)
+        want = chain.valid("token", nm) if "token" in chain.names else n
+        if n != want:
+            raise AudioInputError(
+                f"processor expanded {n} audio ids but {nm} mel frames give {want} audio tokens; "
+                "the processor and the model disagree on the rate chain.",
+                page="adapters",
+            )
+        starts.append(s)
+        counts.append(n)
+    last = [int(mask.shape[1]) - 1] * len(clips)  # left padding: the last position is always real
+    return PromptBatch(inputs, n_mel, starts, counts, last, texts, style,
+                       instruction if isinstance(instruction, str) else "", {})

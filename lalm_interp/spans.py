@@ -1,0 +1,156 @@
+"""Word spans → positions at every stage of the model (mel, encoder frames, LLM audio tokens, and
+the LLM sequence), for one spoken prompt.
+
+Named spans: ``subject``, ``first_subject_word``, ``last_subject_word``, ``last_word``,
+``before_subject`` / ``after_subject`` (non-empty only when such words exist) and, on the LLM
+sequence only, ``last_token``. A word range ``(i, j)`` (inclusive word indices) works too.
+All spans are half-open ``(start, stop)`` and always inside the valid (unpadded) frames.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence, Union
+
+from .errors import SpanError
+from .rates import RateChain
+
+SEQ = "seq"
+NAMED_SPANS = (
+    "subject",
+    "first_subject_word",
+    "last_subject_word",
+    "last_word",
+    "before_subject",
+    "after_subject",
+    "last_token",
+)
+SpanName = Union[str, tuple[int, int]]
+
+
+@dataclass(frozen=True)
+class Word:
+    """One spoken word: its text and its start/end time in seconds within the clip."""
+
+    text: str
+    start_s: float
+    end_s: float
+
+
+def as_words(words: Sequence) -> tuple[Word, ...]:
+    """Accept ``Word`` s or ``(text, start_s, end_s)`` tuples."""
+    out = tuple(w if isinstance(w, Word) else Word(str(w[0]), float(w[1]), float(w[2])) for w in words)
+    return out
+
+
+@dataclass(frozen=True)
+class PositionMap:
+    """Where each word of one spoken prompt sits, at every stage.
+
+    chain: the adapter's rate chain.
+    n_mel: real mel frames of the clip.
+    audio_start: first LLM sequence position of the audio.
+    last: LLM position of the last text token.
+    words: word timings of the clip.
+    subject: inclusive word-index range ``(first, last)`` of the subject.
+    """
+
+    chain: RateChain
+    n_mel: int
+    audio_start: int
+    last: int
+    words: tuple[Word, ...]
+    subject: tuple[int, int]
+
+    def __post_init__(self) -> None:
+        words = self.words
+        if not words:
+            raise SpanError("no word timings given; a spoken prompt needs at least one timed word.")
+        dur = self.n_mel / self.chain.mel_rate
+        prev = 0.0
+        for k, w in enumerate(words):
+            if not (0 <= w.start_s < w.end_s):
+                raise SpanError(f"word {k} {w.text!r}: [{w.start_s}, {w.end_s}) s is not a valid interval.")
+            if w.start_s < prev - 1e-6:
+                raise SpanError(f"word {k} {w.text!r} starts at {w.start_s:.3f} s, before the previous word ends.")
+            if w.start_s >= dur:
+                raise SpanError(
+                    f"word {k} {w.text!r} starts at {w.start_s:.3f} s, after the clip's {dur:.3f} s of real audio; "
+                    "the timings do not belong to this clip."
+                )
+            prev = w.end_s
+        a, b = self.subject
+        if not (0 <= a <= b < len(words)):
+            raise SpanError(
+                f"subject word range {self.subject} is outside the {len(words)} words "
+                f"({' '.join(w.text for w in words)!r}); expected 0 <= first <= last < {len(words)}."
+            )
+
+    # ------------------------------------------------------------------ words
+    def word_range(self, name: SpanName) -> tuple[int, int] | None:
+        """Inclusive word range of a named span (``None`` when the span has no words)."""
+        if isinstance(name, tuple):
+            i, j = name
+            if not (0 <= i <= j < len(self.words)):
+                raise SpanError(f"word range {name} is outside the {len(self.words)} words of this clip.")
+            return (i, j)
+        a, b = self.subject
+        n = len(self.words)
+        table = {
+            "subject": (a, b),
+            "first_subject_word": (a, a),
+            "last_subject_word": (b, b),
+            "last_word": (n - 1, n - 1),
+            "before_subject": (0, a - 1) if a > 0 else None,
+            "after_subject": (b + 1, n - 1) if b < n - 1 else None,
+        }
+        if name not in table:
+            raise SpanError(f"unknown span {name!r}; named spans are {list(NAMED_SPANS)} or a word range (i, j).")
+        return table[name]
+
+    # ------------------------------------------------------------------ positions
+    def n_frames(self, stage: str) -> int:
+        return self.chain.valid(stage, self.n_mel)
+
+    def span(self, name: SpanName, stage: str) -> tuple[int, int]:
+        """Half-open frame span of a named span or word range at ``stage`` (``"seq"``: LLM positions)."""
+        if name == "last_token":
+            if stage != SEQ:
+                raise SpanError("'last_token' is a text position; ask for it at stage 'seq'.")
+            return (self.last, self.last + 1)
+        rng = self.word_range(name)
+        if rng is None:
+            raise SpanError(f"span {name!r} has no words in {' '.join(w.text for w in self.words)!r}.")
+        i, j = rng
+        t0, t1 = self.words[i].start_s, self.words[j].end_s
+        if stage == SEQ:
+            a, b = self.chain.seconds_to_span("token", t0, t1, self.n_mel)
+            return (self.audio_start + a, self.audio_start + b)
+        return self.chain.seconds_to_span(stage, t0, t1, self.n_mel)
+
+    def time_s(self, stage: str) -> list[float]:
+        """Centre time (s) of each valid frame of ``stage`` (coordinates for plots and caches)."""
+        out = []
+        for j in range(self.n_frames(stage)):
+            a, b = self.chain.frame_to_seconds(stage, j)
+            out.append((a + b) / 2)
+        return out
+
+    def word_of_frame(self, stage: str) -> list[str]:
+        """The word each valid frame of ``stage`` belongs to (``""`` for silence between words)."""
+        labels = [""] * self.n_frames(stage)
+        for w in self.words:
+            try:
+                a, b = self.chain.seconds_to_span(stage, w.start_s, w.end_s, self.n_mel)
+            except SpanError:
+                continue
+            for k in range(a, b):
+                labels[k] = labels[k] or w.text
+        return labels
+
+
+def position_map(adapter, batch, row: int, words: Sequence, subject: tuple[int, int]) -> PositionMap:
+    """The :class:`PositionMap` of example ``row`` of a :class:`~lalm_interp.inputs.PromptBatch`."""
+    return PositionMap(
+        adapter.rate_chain, batch.n_mel[row], batch.audio_start[row], batch.last[row], as_words(words), tuple(subject)
+    )
