@@ -114,7 +114,8 @@ def events_to_spans(
 
 def find_subject(text: str, subject: str) -> tuple[int, int]:
     """Character range ``[start, end)`` of the first occurrence of ``subject`` in ``text``,
-    preferring one that starts at a token boundary. Raises :class:`SpeechError` when absent."""
+    preferring a whole-word one (starts a token, not followed by a letter or digit, so that
+    ``"Paris's"`` matches but ``"Parisian"`` does not), then one that starts a token. Raises :class:`SpeechError` when absent."""
     if not subject.strip():
         raise SpeechError(f"Empty subject for text {text!r}.\n  expected: a non-empty subject "
                           "string that occurs in the text\n  fix: check the dataset record")
@@ -123,10 +124,17 @@ def find_subject(text: str, subject: str) -> tuple[int, int]:
         raise SpeechError(f"Subject {subject!r} does not occur in text {text!r}.\n"
                           "  expected: the subject verbatim (case-sensitive) inside the text\n"
                           "  fix: fix the record, or build this form without a subject span")
-    for h in hits:
-        if h == 0 or text[h - 1].isspace():
-            return h, h + len(subject)
-    return hits[0], hits[0] + len(subject)
+    def starts(h: int) -> bool:
+        return h == 0 or text[h - 1].isspace()
+
+    def ends(h: int) -> bool:
+        e = h + len(subject)
+        return e == len(text) or not text[e].isalnum()
+
+    best = next((h for h in hits if starts(h) and ends(h)), None)
+    if best is None:
+        best = next((h for h in hits if starts(h)), hits[0])
+    return best, best + len(subject)
 
 
 def subject_token_range(text: str, subject: str) -> tuple[int, int]:

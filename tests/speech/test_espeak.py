@@ -1,0 +1,111 @@
+"""espeak-ng through ctypes: real audio, no mocks."""
+
+import numpy as np
+import pytest
+
+from lalm_interp.speech import SAMPLE_RATE, Rendition, SpeechError
+from lalm_interp.speech.espeak import DEFAULT_RENDITIONS
+from lalm_interp.speech.tokens import subject_token_range
+
+PROMPT = "Metropolitan France's capital is"
+
+
+def test_word_timings_monotone_cover_utterance_and_subject_span(espeak):
+    u = espeak.synthesize(PROMPT)
+    assert u.audio.dtype == np.float32 and u.audio.ndim == 1 and u.sample_rate == SAMPLE_RATE
+    assert [w for w, _, _ in u.words] == PROMPT.split()
+    assert u.words[0].start_s == 0.0
+    assert u.words[-1].end_s == pytest.approx(u.duration_s)  # last word ends at end of audio
+    for (_, s0, e0), (_, s1, _) in zip(u.words, u.words[1:]):
+        assert s0 < e0 == s1
+    first, last = subject_token_range(PROMPT, "Metropolitan France")
+    assert (first, last) == (0, 1)
+    capital = u.words[2]
+    assert u.words[last].end_s <= capital.start_s
+    assert 0.5 < capital.start_s < 1.6  # measured 1.27 s at 175 wpm
+    assert 1.5 < u.duration_s < 2.5
+    assert u.estimated == ()
+
+
+def test_trailing_silence_is_trimmed(espeak):
+    u = espeak.synthesize(PROMPT)
+    tail = u.audio[-int(0.01 * SAMPLE_RATE):]
+    assert np.abs(u.audio[-1]) > espeak.trim_threshold or np.abs(tail).max() > espeak.trim_threshold
+
+
+@pytest.mark.parametrize("text,subject", [
+    ("Côte d'Ivoire's capital is", "Côte d'Ivoire"),
+    ("The mayor of São Paulo is", "São Paulo"),
+    ("Zürich is located in", "Zürich"),
+])
+def test_non_ascii_subjects_map_to_their_words(espeak, text, subject):
+    u = espeak.synthesize(text)
+    a, b = subject_token_range(text, subject)
+    assert [w for w, _, _ in u.words[a:b + 1]] == subject.split() or \
+        u.words[b].word.startswith(subject.split()[-1])
+    assert u.estimated == ()  # every token got its own WORD event
+    for _, s, e in u.words:
+        assert e - s > 0.05
+
+
+def test_character_positions_not_bytes(espeak):
+    # Many 2-byte characters before short words: byte offsets would shift events onto the
+    # wrong tokens and leave some token without an event.
+    text = "São Paulo and Zürich and Côte d'Ivoire and Málaga and it"
+    u = espeak.synthesize(text)
+    assert u.estimated == ()
+    assert all(e - s > 0.05 for _, s, e in u.words)
+
+
+def test_same_text_and_rendition_is_bit_identical(espeak):
+    r = Rendition("en-gb-x-rp", variant="m2", pitch=40)
+    a, b = espeak.synthesize(PROMPT, r), espeak.synthesize(PROMPT, r)
+    assert np.array_equal(a.audio, b.audio)
+    assert a.words == b.words
+
+
+def test_batch_synthesis_matches_single_and_renditions_differ(espeak):
+    reqs = [(PROMPT, r) for r in DEFAULT_RENDITIONS[:4]]
+    out = dict(espeak.synthesize_many(reqs, workers=2))
+    single = espeak.synthesize(PROMPT, DEFAULT_RENDITIONS[2])
+    assert np.array_equal(out[2].audio, single.audio)
+    audios = [out[i].audio for i in range(4)]
+    for i in range(4):
+        for j in range(i + 1, 4):
+            assert len(audios[i]) != len(audios[j]) or not np.array_equal(audios[i], audios[j])
+    slow = espeak.synthesize(PROMPT, Rendition(rate=120))
+    fast = espeak.synthesize(PROMPT, Rendition(rate=260))
+    assert slow.duration_s > 1.5 * fast.duration_s
+
+
+def test_empty_text_is_refused(espeak):
+    with pytest.raises(SpeechError, match="Empty text"):
+        espeak.synthesize("   ")
+
+
+@pytest.mark.parametrize("text,what", [("Москва is", "non-Latin letter"),
+                                       ("Paris 🗼 is", "symbol"),
+                                       ("Paris\nis", "line break")])
+def test_unsupported_characters_are_named(espeak, text, what):
+    with pytest.raises(SpeechError, match=what) as exc:
+        espeak.synthesize(text)
+    assert "docs/errors/speech.md" in str(exc.value)
+
+
+def test_unknown_voice_and_variant(espeak):
+    with pytest.raises(SpeechError, match="no voice 'en-gb'.*'en'"):
+        espeak.synthesize("hello", Rendition("en-gb"))
+    with pytest.raises(SpeechError, match="no voice variant 'zz9'"):
+        espeak.synthesize("hello", Rendition("en-us", variant="zz9"))
+    out = dict(espeak.synthesize_many([("hello", Rendition("xx-nope")), ("hello", Rendition())]))
+    assert isinstance(out[0], SpeechError) and out[1].duration_s > 0.2
+
+
+def test_rendition_round_trip_and_validation():
+    for r in DEFAULT_RENDITIONS:
+        assert Rendition.parse(str(r)) == r
+    assert Rendition.parse("en-us+f2:r150") == Rendition("en-us", "f2", 150)
+    with pytest.raises(SpeechError):
+        Rendition(rate=10)
+    with pytest.raises(SpeechError):
+        Rendition("en-us+m3")
