@@ -79,7 +79,15 @@ def _ls(args: argparse.Namespace) -> int:
 def _show(args: argparse.Namespace) -> int:
     store = Store(args.cache)
     da = store.get(args.key, **_filters(args))
-    print(da)
+    sizes = " ".join(f"{d}={n}" for d, n in da.sizes.items())
+    print(f"{da.name}  {sizes}  {da.dtype} (stored from {da.attrs.get('original_dtype')})  {da.nbytes / 2**20:.1f} MiB")
+    if "layer" in da.dims:
+        print(f"layers: {' '.join(map(str, da.layer.values.tolist()))}")
+    print(f"experiments: {da.attrs['experiments']}  runs: {da.attrs['runs']}")
+    for name in ("model", "revision", "weights_hash", "adapter_version", "dataset", "package_version"):
+        if da.attrs.get(name):
+            print(f"{name}: {da.attrs[name]}")
+    print(f"coords: {', '.join(str(c) for c in da.coords)}")
     return 0
 
 
