@@ -160,8 +160,9 @@ def synthesize_many(
 ) -> Iterator[tuple[int, Utterance | SpeechError]]:
     """Synthesise many ``(text, rendition)`` pairs; yield ``(index, utterance or error)`` in
     completion order. Uses the backend's own ``synthesize_many`` when it has one (espeak-ng's runs
-    forked workers); otherwise calls ``synthesize`` in a loop. A failing request yields its
-    :class:`SpeechError` and never stops the others."""
+    forked workers); otherwise calls ``synthesize`` in a loop. A failing request yields a
+    :class:`SpeechError` (any other exception from the backend is wrapped in one) and never stops
+    the others. ``KeyboardInterrupt`` still stops everything."""
     own = getattr(backend, "synthesize_many", None)
     if own is not None:
         yield from own(requests, workers=workers)
@@ -171,6 +172,12 @@ def synthesize_many(
             yield i, backend.synthesize(text, rendition)
         except SpeechError as err:
             yield i, err
+        except Exception as err:  # a third-party backend's own error: one item, not the build
+            yield i, SpeechError(
+                f"TTS backend {getattr(backend, 'name', type(backend).__name__)!r} failed for "
+                f"{text!r} ({rendition}): {type(err).__name__}: {err}.\n  expected: an Utterance "
+                "or a SpeechError\n  fix: see the backend's documentation; raise SpeechError "
+                "for bad requests (docs/patterns/tts-backend.md)")
 
 
 def check_text(text: str) -> None:

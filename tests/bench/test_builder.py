@@ -130,3 +130,52 @@ def test_clip_key_is_content_address():
     assert clip_key("a b", r, "v1") == clip_key("a b", Rendition(), "v1")
     assert len({clip_key("a b", r, "v1"), clip_key("a c", r, "v1"),
                 clip_key("a b", Rendition("en"), "v1"), clip_key("a b", r, "v2")}) == 4
+
+
+def test_aligner_missing_a_subject_word_rejects_only_that_item(tmp_path):
+    from lalm_interp.speech.aligners import ManifestAligner
+
+    f = _fact(1, "Metropolitan France", "Metropolitan France's capital is")
+    r = Rendition()
+    good = f"counterfact:1/prompt/0/{r}"
+    times = {good: [("Metropolitan", 0.0, 0.7), ("France's", 0.7, 1.2), ("capital", 1.2, 1.7),
+                    ("is", 1.7, 1.9)],
+             f"counterfact:1/subject/0/{r}": [("Metropolitan", 0.0, 0.7)],  # no "France"
+             f"counterfact:1/relation/0/{r}": [("capital", 0.0, 0.5)]}     # "is" missing: fine
+    report = build([f], tmp_path, renditions=[r], forms=("prompt", "subject", "relation"),
+                   aligner=ManifestAligner(times), progress=False)
+    bench = Benchmark.open(tmp_path)
+    assert {it.form for it in bench} == {"prompt", "relation"}
+    assert bench[good].words[1] == ("France's", 0.7, 1.2)
+    assert bench.select(form="relation")[0].words[1] == ("is", None, None)
+    (rej,) = report.rejected
+    assert rej.form == "subject" and "subject word 1 'France' has no span" in rej.reason
+    assert bench.meta["aligner"] == "manifest"
+
+
+def test_recordings_with_bad_files_are_rejected_per_item(tmp_path):
+    import soundfile as sf
+
+    from lalm_interp.speech.recordings import RecordingsBackend
+
+    rec = tmp_path / "rec"
+    rec.mkdir()
+    sf.write(str(rec / "a.wav"), np.full(16000, 0.05, np.float32), 16000)
+    sf.write(str(rec / "b.wav"), np.full(22050, 0.05, np.float32), 22050)
+    (rec / "c.flac").write_bytes(b"\x00" * 64)
+    rows = [("Oslo is", "a.wav", [["Oslo", 0.1, 0.5], ["is", 0.5, 0.9]]),
+            ("Rome is", "b.wav", [["Rome", 0.1, 0.5], ["is", 0.5, 0.9]]),
+            ("Bern is", "c.flac", [["Bern", 0.1, 0.5], ["is", 0.5, 0.9]])]
+    import json
+
+    (rec / "m.jsonl").write_text("".join(json.dumps({"text": t, "audio": a, "words": w}) + "\n"
+                                         for t, a, w in rows))
+    facts = [_fact(i, t.split()[0], t) for i, (t, _, _) in enumerate(rows)]
+    report = build(facts, tmp_path / "out", backend=RecordingsBackend(rec / "m.jsonl"),
+                   renditions=[Rendition("en-us")], forms=("prompt",), progress=False)
+    assert report.n_items == 1
+    reasons = {r.item_id.split("/")[0]: r.reason for r in report.rejected}
+    assert "22050 Hz" in reasons["counterfact:1"] and "counterfact:1/prompt" in reasons["counterfact:1"]
+    assert "Cannot read audio file" in reasons["counterfact:2"]
+    (it,) = Benchmark.open(tmp_path / "out")
+    assert it.n_samples == 16000 and it.subject_span_s == (0.1, 0.5)

@@ -193,3 +193,21 @@ def test_load_audio_downmixes_stereo(tmp_path):
     sf.write(str(tmp_path / "s.wav"), np.stack([np.full(100, 0.2), np.full(100, 0.4)], 1), 16000)
     a = load_audio(tmp_path / "s.wav")
     assert a.shape == (100,) and a.dtype == np.float32 and np.allclose(a, 0.3, atol=1e-4)
+
+
+def test_a_crashing_third_party_backend_fails_one_item_only():
+    from lalm_interp.speech.tts import synthesize_many
+
+    class Flaky:
+        name = "flaky"
+        version = "1"
+
+        def synthesize(self, text, rendition):
+            if text == "boom":
+                raise RuntimeError("engine crashed")
+            raise SpeechError("bad request")
+
+    out = dict(synthesize_many(Flaky(), [("boom", Rendition()), ("x", Rendition())]))
+    assert isinstance(out[0], SpeechError) and "'flaky' failed for 'boom'" in str(out[0])
+    assert "RuntimeError: engine crashed" in str(out[0])
+    assert isinstance(out[1], SpeechError)

@@ -71,3 +71,30 @@ def test_subject_ranges():
     assert subject_token_range("Parisian Paris is", "Paris") == (1, 1)
     with pytest.raises(SpeechError, match="does not occur"):
         subject_token_range("The capital of France is", "Germany")
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.text(alphabet="abcXYZéüß'-.", min_size=1, max_size=6), min_size=1, max_size=10),
+       st.data())
+def test_match_words_places_every_token_it_was_given(toks, data):
+    from lalm_interp.speech.aligners import match_words, normalise_word
+
+    text = " ".join(toks)
+    timed = [(t.upper(), float(i), i + 0.5) for i, t in enumerate(toks)]
+    words = match_words(text, timed)
+    assert [w for w, _, _ in words] == toks
+    for i, (w, s, e) in enumerate(words):
+        if normalise_word(w):  # punctuation-only tokens cannot be matched by content
+            assert s is not None and e is not None and s <= e
+    times = [s for _, s, _ in words if s is not None]
+    assert times == sorted(times)
+
+
+@given(st.sampled_from(["en-us", "en", "en-gb-x-rp", "en-029"]),
+       st.one_of(st.none(), st.sampled_from(["m1", "f3", "klatt"])),
+       st.integers(80, 450), st.integers(0, 99))
+def test_rendition_string_round_trips(voice, variant, rate, pitch):
+    from lalm_interp.speech import Rendition
+
+    r = Rendition(voice, variant, rate, pitch)
+    assert Rendition.parse(str(r)) == r
