@@ -1,6 +1,5 @@
 """Benchmark build → reopen round trip, reuse, resume, and rejection of bad items."""
 
-import os
 from pathlib import Path
 
 import numpy as np
