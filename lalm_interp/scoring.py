@@ -82,7 +82,7 @@ def teacher_forced_inputs(
     for b, t in enumerate(token_ids):
         add[b, : len(t)] = torch.as_tensor(t, dtype=ids.dtype)
         add_mask[b, : len(t)] = 1
-    add_pos = pos[:, -1:] + torch.arange(1, M + 1, dtype=pos.dtype)[None, :]
+    add_pos = pos[:, -1:] + torch.arange(1, M + 1, dtype=pos.dtype, device=pos.device)[None, :]
     out = dict(mi)
     out["input_ids"] = torch.cat([ids, add.to(ids.device)], dim=1)
     out["attention_mask"] = torch.cat([mask, add_mask.to(mask.device)], dim=1)

@@ -39,8 +39,15 @@ class Word:
 
 def as_words(words: Sequence) -> tuple[Word, ...]:
     """Accept ``Word`` s or ``(text, start_s, end_s)`` tuples."""
-    out = tuple(w if isinstance(w, Word) else Word(str(w[0]), float(w[1]), float(w[2])) for w in words)
-    return out
+    out = []
+    for k, w in enumerate(words):
+        if isinstance(w, Word):
+            out.append(w)
+            continue
+        if w[1] is None or w[2] is None:
+            raise SpanError(f"word {k} {w[0]!r} has no timing (an aligner could not place it); re-align the clip.")
+        out.append(Word(str(w[0]), float(w[1]), float(w[2])))
+    return tuple(out)
 
 
 @dataclass(frozen=True)

@@ -72,6 +72,10 @@ class AdapterSpec:
     build_prompt: function ``(processor, instruction, style) → text`` with one audio placeholder.
     audio_slots: function ``(input_ids row, config) → (start, n)`` locating the audio positions in
         the LLM sequence of one example.
+    llm_input: (decoder module path, keyword) where the merged text+audio embeddings enter the
+        LLM; the top-level forward must accept that keyword too. Lets tracing reuse one encoder
+        pass for many text-side restorations (``None``: no reuse).
+    object_prefix: leading text of an object per prompt style (``chat``: none; ``plain``: a space).
     version: adapter version, recorded in result provenance.
     """
 
@@ -84,6 +88,7 @@ class AdapterSpec:
     build_prompt: Callable[[Any, str, str], str]
     audio_slots: Callable[[torch.Tensor, Any], tuple[int, int]]
     audio_token_attr: str | None = "audio_token_id"
+    llm_input: tuple[str, str] | None = ("model.language_model", "inputs_embeds")
     object_prefix: Mapping[str, str] = field(default_factory=lambda: {"chat": "", "plain": " "})
     version: str = "1"
 
