@@ -9,6 +9,7 @@ from typing import Sequence
 import dask.array as dsa
 import numpy as np
 import xarray as xr
+from xarray.core import indexing
 
 from .. import sites as _sites
 from .catalog import Catalog
@@ -77,8 +78,13 @@ def assemble(
     pattern: "str | _sites.Site",
     catalog: Catalog,
     counter: IOCounter | None = None,
+    chunks: "str | dict | None" = "auto",
 ) -> xr.DataArray:
-    """One DataArray for ``pattern`` across ``catalog``'s shards (already filtered)."""
+    """One DataArray for ``pattern`` across ``catalog``'s shards (already filtered).
+
+    ``chunks``: ``None`` → lazily indexed (reads exactly the selection on ``.values``);
+    ``"shards"`` → dask, one chunk per (shard, key); a dict → dask with those chunks;
+    ``"auto"`` → dask when larger than :data:`DASK_THRESHOLD_BYTES`, else lazily indexed."""
     catalog.raise_if_corrupt()
     p = _sites.parse(pattern)
     keys = resolve(p, catalog.shards)
@@ -101,104 +107,212 @@ def assemble(
                     "hold the same keys. Query a narrower pattern, or rewrite the shard after removing it."
                 )
             pieces.append(info)
-    per_key = [_one_key(k, pieces, counter) for k in keys]
-    wildcard = any(isinstance(seg, (_sites.Star, _sites.Range)) for seg in p.path)
-    if len(per_key) == 1 and not wildcard:
-        out = per_key[0]
-    else:
-        out = _stack(per_key, keys)
+    out = _build(p, keys, pieces, counter, chunks)
     out.attrs.update(_common_attrs(pieces, keys))
     out.attrs["query"] = str(p)
     out.name = str(p)
     return out
 
 
-def _one_key(site: str, pieces: Sequence[ShardInfo], counter: IOCounter | None) -> xr.DataArray:
-    schemas = [info.keys[site] for info in pieces]
-    first = schemas[0]
-    for info, sch in zip(pieces, schemas):
-        if sch.dims != first.dims or sch.shape[-1] != first.shape[-1]:
-            raise CacheError(
-                f"schema mismatch for key {site}: {pieces[0].path} holds dims {first.dims} with hidden "
-                f"size {first.shape[-1]}, but {info.path} holds dims {sch.dims} with hidden size "
-                f"{sch.shape[-1]}. Expected one shape per key across the shards queried together. "
-                "Filter by model= or experiment= so only compatible shards are combined."
-            )
-    has_pos = first.dims[1:2] == ("position",)
-    n_pos = max(s.shape[1] for s in schemas) if has_pos else 0
-    dtype = np.result_type(*[np.dtype(s.dtype) for s in schemas])
-    arrays, coords_parts = [], []
-    for info, sch in zip(pieces, schemas):
-        lazy = LazyActivation(info.path, sch, counter)
-        name = f"lalm-{site}-{info.path}-{info.created}"
-        arr = dsa.from_array(lazy, chunks=sch.chunks, name=name, asarray=True, lock=False, meta=np.empty((0,) * len(sch.shape), dtype=sch.dtype))
-        if arr.dtype != dtype:
-            arr = arr.astype(dtype)
-        coords = read_coords(info.path, site)
-        if has_pos and sch.shape[1] < n_pos:
-            pad = n_pos - sch.shape[1]
-            filler = dsa.full((sch.shape[0], pad, *sch.shape[2:]), np.nan, dtype=dtype, chunks=(sch.chunks[0], pad, *sch.shape[2:]))
-            arr = dsa.concatenate([arr, filler], axis=1)
+DASK_THRESHOLD_BYTES = 256 * 2**20
+"""With ``chunks="auto"``, results larger than this are dask-backed; smaller ones lazily indexed."""
+
+
+def _norm(k, n: int) -> tuple[np.ndarray, bool]:
+    """One axis of an outer index as (sorted-or-not index array, dropped?)."""
+    if isinstance(k, (int, np.integer)):
+        i = int(k) + n if k < 0 else int(k)
+        if not 0 <= i < n:
+            raise IndexError(f"index {k} out of range for axis of size {n}")
+        return np.array([i]), True
+    if isinstance(k, slice):
+        return np.arange(n)[k], False
+    arr = np.asarray(k)
+    if arr.dtype == bool:
+        return np.nonzero(arr)[0], False
+    return np.where(arr < 0, arr + n, arr).astype(np.int64), False
+
+
+class ShardedArray:
+    """A read-only array over many shards and keys: shape ``(example, [stack,] position, hidden)``
+    (``position`` only for 3-d keys). Indexing (ints, slices, 1-d integer/bool arrays per axis, with
+    outer semantics) reads only the HDF5 chunks that hold the selection; positions past a shard's
+    length read as NaN. Used directly by dask and, wrapped, as an xarray lazily indexed backend."""
+
+    def __init__(self, pieces: Sequence[ShardInfo], keys: Sequence[str], stacked: bool, counter: IOCounter | None):
+        self.pieces, self.keys, self.stacked, self.counter = list(pieces), list(keys), stacked, counter
+        first = pieces[0].keys[keys[0]]
+        self.has_pos = first.dims[1:2] == ("position",)
+        self.n_pos = max(p.keys[k].shape[1] for p in pieces for k in keys) if self.has_pos else 0
+        self.hidden = first.shape[-1]
+        self.dtype = np.result_type(*[np.dtype(p.keys[k].dtype) for p in pieces for k in keys])
+        self.sizes = np.array([p.keys[keys[0]].shape[0] for p in pieces])
+        self.offsets = np.concatenate([[0], np.cumsum(self.sizes)])
+        shape: list[int] = [int(self.offsets[-1])]
+        if stacked:
+            shape.append(len(keys))
+        if self.has_pos:
+            shape.append(self.n_pos)
+        shape.append(self.hidden)
+        self.shape = tuple(shape)
+        self.ndim = len(shape)
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
+
+    def __getitem__(self, key) -> np.ndarray:
+        if not isinstance(key, tuple):
+            key = (key,)
+        if any(k is Ellipsis for k in key):
+            i = key.index(Ellipsis)
+            key = key[:i] + (slice(None),) * (self.ndim - len(key) + 1) + key[i + 1 :]
+        key = key + (slice(None),) * (self.ndim - len(key))
+        axes = [_norm(k, n) for k, n in zip(key, self.shape)]
+        idx = [a for a, _ in axes]
+        ex = idx[0]
+        layer_idx = idx[1] if self.stacked else np.array([0])
+        rest = idx[2:] if self.stacked else idx[1:]
+        pos = rest[0] if self.has_pos else None
+        hid = rest[-1]
+        out_shape = (len(ex), len(layer_idx), *((len(pos),) if self.has_pos else ()), len(hid))
+        out = np.full(out_shape, np.nan, dtype=self.dtype)
+        shard_of = np.searchsorted(self.offsets, ex, side="right") - 1
+        for s in (np.unique(shard_of) if out.size else ()):
+            rows = np.nonzero(shard_of == s)[0]
+            local = ex[rows] - self.offsets[s]
+            info = self.pieces[s]
+            for j, li in enumerate(layer_idx):
+                site = self.keys[li]
+                n_stored = info.keys[site].shape[1] if self.has_pos else 0
+                sel_pos = np.nonzero(pos < n_stored)[0] if self.has_pos else None
+                if self.has_pos and len(sel_pos) == 0:
+                    continue
+                block = self._read(info, site, local, pos[sel_pos] if self.has_pos else None, hid)
+                if self.has_pos:
+                    out[np.ix_(rows, [j], sel_pos, np.arange(len(hid)))] = block[:, None]
+                else:
+                    out[rows, j] = block
+        if not self.stacked:
+            out = out[:, 0]
+        drop = tuple(i for i, (_, dropped) in enumerate(axes) if dropped)
+        return out.reshape([n for i, n in enumerate(out.shape) if i not in drop]) if drop else out
+
+    def _read(self, info: ShardInfo, site: str, ex: np.ndarray, pos: np.ndarray | None, hid: np.ndarray) -> np.ndarray:
+        """Read the bounding box of the selection (contiguous slices: HDF5 reads only the chunks
+        that overlap it), then pick the exact indices in memory."""
+        parts = [ex] + ([pos] if pos is not None else []) + [hid]
+        box = tuple(slice(int(p.min()), int(p.max()) + 1) for p in parts)
+        lazy = LazyActivation(info.path, info.keys[site], self.counter)
+        block = lazy[box]
+        picks = tuple(p - b.start for p, b in zip(parts, box))
+        if all(len(p) == b.stop - b.start and (np.diff(p) == 1).all() for p, b in zip(picks, box)):
+            return block.astype(self.dtype, copy=False)
+        return block[np.ix_(*picks)].astype(self.dtype, copy=False)
+
+
+class _Backend(xr.backends.BackendArray):
+    def __init__(self, array: ShardedArray):
+        self.array = array
+        self.shape = array.shape
+        self.dtype = array.dtype
+
+    def __getitem__(self, key):
+        return indexing.explicit_indexing_adapter(key, self.shape, indexing.IndexingSupport.OUTER, self._raw)
+
+    def _raw(self, key):
+        return self.array[key]
+
+
+def _coords(pieces: Sequence[ShardInfo], site: str, has_pos: bool, n_pos: int) -> dict[str, tuple]:
+    parts_by_name: dict[str, list[np.ndarray]] = defaultdict(list)
+    present: set[str] = set()
+    per_shard = []
+    for info in pieces:
+        c = read_coords(info.path, site)
+        n = info.keys[site].shape[0]
+        if has_pos:
+            stored = info.keys[site].shape[1]
             for cname in COORD_NAMES:
-                if cname in coords:
-                    fill = np.full((sch.shape[0], pad), _FILL[cname], dtype=coords[cname].dtype)
-                    coords[cname] = np.concatenate([coords[cname], fill], axis=1)
-        coords["experiment"] = np.full(sch.shape[0], info.experiment, dtype=object)
-        coords["run"] = np.full(sch.shape[0], info.run, dtype=object)
-        coords["shard"] = np.full(sch.shape[0], info.index, dtype=np.int64)
-        arrays.append(arr)
-        coords_parts.append(coords)
-    data = dsa.concatenate(arrays, axis=0) if len(arrays) > 1 else arrays[0]
-    coord_vars: dict[str, tuple] = {}
-    names = ["example", "experiment", "run", "shard"] + [c for c in COORD_NAMES if has_pos]
+                if cname in c and stored < n_pos:
+                    fill = np.full((n, n_pos - stored), _FILL[cname], dtype=c[cname].dtype)
+                    c[cname] = np.concatenate([c[cname], fill], axis=1)
+        c["experiment"] = np.full(n, info.experiment, dtype=object)
+        c["run"] = np.full(n, info.run, dtype=object)
+        c["shard"] = np.full(n, info.index, dtype=np.int64)
+        present.update(c)
+        per_shard.append((n, c))
+    names = ["example", "experiment", "run", "shard"] + ([c for c in COORD_NAMES if c in present] if has_pos else [])
+    out: dict[str, tuple] = {}
     for cname in names:
-        if not any(cname in c for c in coords_parts):
-            continue
-        parts = []
-        for c, sch in zip(coords_parts, schemas):
+        for n, c in per_shard:
             if cname in c:
-                parts.append(c[cname])
-            else:  # coordinate absent from this shard: fill with its neutral value
+                parts_by_name[cname].append(c[cname])
+            else:  # coordinate absent from this shard: its neutral value
                 fill = _FILL[cname]
-                parts.append(np.full((sch.shape[0], n_pos), fill, dtype=object if isinstance(fill, str) else type(fill)))
-        val = np.concatenate(parts, axis=0)
+                parts_by_name[cname].append(np.full((n, n_pos), fill, dtype=object if isinstance(fill, str) else type(fill)))
+        val = np.concatenate(parts_by_name[cname], axis=0)
         if cname in ("token", "word", "example", "experiment", "run"):
             val = val.astype(str)
-        coord_vars[cname] = (("example", "position") if val.ndim == 2 else ("example",), val)
+        out[cname] = (("example", "position") if val.ndim == 2 else ("example",), val)
     if has_pos:
-        coord_vars["position"] = (("position",), np.arange(n_pos))
-    parsed = _sites.parse(site)
-    da = xr.DataArray(data, dims=first.dims, coords=coord_vars, name=site)
-    da = da.assign_coords(site=site)
-    if parsed.layer is not None:
-        da = da.assign_coords(layer=parsed.layer)
-    da.attrs["original_dtype"] = ",".join(sorted({s.original_dtype for s in schemas}))
-    return da
+        out["position"] = (("position",), np.arange(n_pos))
+    return out
 
 
-def _stack(per_key: list[xr.DataArray], keys: list[str]) -> xr.DataArray:
+def _check_schemas(keys: Sequence[str], pieces: Sequence[ShardInfo]) -> None:
+    for site in keys:
+        first, ref = pieces[0].keys[site], pieces[0]
+        for info in pieces:
+            sch = info.keys[site]
+            if sch.dims != first.dims or sch.hidden != first.hidden:
+                raise CacheError(
+                    f"schema mismatch for key {site}: {ref.path} holds dims {first.dims} with hidden size "
+                    f"{first.hidden}, but {info.path} holds dims {sch.dims} with hidden size {sch.hidden}. "
+                    "Expected one shape per key across the shards queried together. Filter by model= or "
+                    "experiment= so only compatible shards are combined."
+                )
+
+
+def _build(p: "_sites.Site", keys: list[str], pieces: list[ShardInfo], counter: IOCounter | None, chunks) -> xr.DataArray:
+    _check_schemas(keys, pieces)
+    wildcard = any(isinstance(seg, (_sites.Star, _sites.Range)) for seg in p.path)
+    stacked = len(keys) > 1 or wildcard
     parsed = [_sites.parse(k) for k in keys]
-    by_layer = all(s.layer is not None for s in parsed) and len(
-        {(s.stream, s.component, s.port) for s in parsed}
-    ) == 1
-    dim = "layer" if by_layer else "site"
-    shapes = {(d.dims, d.shape) for d in per_key}
-    if len(shapes) != 1:
-        desc = ", ".join(f"{k}: {dict(zip(d.dims, d.shape))}" for k, d in zip(keys, per_key))
-        raise CacheError(
-            f"the matched keys have different shapes and cannot be stacked along {dim!r}: {desc}. "
-            "Expected one shape for every key a pattern matches; query the keys separately."
-        )
-    first = per_key[0]
-    data = dsa.stack([d.data for d in per_key], axis=1)
-    dims = (first.dims[0], dim, *first.dims[1:])
-    coords = {name: c for name, c in first.coords.items() if name not in ("site", "layer")}
-    out = xr.DataArray(data, dims=dims, coords=coords)
-    if by_layer:
-        out = out.assign_coords(layer=[s.layer for s in parsed], site=("layer", keys))
+    stack_dim = None
+    if stacked:
+        by_layer = all(s.layer is not None for s in parsed) and len({(s.stream, s.component, s.port) for s in parsed}) == 1
+        stack_dim = "layer" if by_layer else "site"
+        shapes = {(pieces[0].keys[k].dims, pieces[0].keys[k].hidden) for k in keys}
+        if len(shapes) != 1:
+            desc = ", ".join(f"{k}: {pieces[0].keys[k].dims} hidden={pieces[0].keys[k].hidden}" for k in keys)
+            raise CacheError(
+                f"the keys matched by {p} have different shapes and cannot be stacked along {stack_dim!r}: "
+                f"{desc}. Expected one shape for every key a pattern matches; query the keys separately."
+            )
+    arr = ShardedArray(pieces, keys, stacked, counter)
+    dims = ["example"] + ([stack_dim] if stacked else []) + (["position"] if arr.has_pos else []) + ["hidden"]
+    use_dask = chunks == "shards" or (chunks == "auto" and arr.nbytes > DASK_THRESHOLD_BYTES) or isinstance(chunks, dict)
+    if use_dask:
+        # One dask chunk per (shard, key); slicing a from_array chunk is fused into the read.
+        block = (tuple(int(n) for n in arr.sizes),) + ((1,) * len(keys),) * stacked + tuple((n,) for n in arr.shape[1 + stacked :])
+        name = "lalm-cache-" + str(abs(hash((str(p), tuple(str(i.path) for i in pieces), tuple(i.created for i in pieces)))))
+        data = dsa.from_array(arr, chunks=block, name=name, asarray=True, lock=False, meta=np.empty((0,) * arr.ndim, arr.dtype))
     else:
+        data = indexing.LazilyIndexedArray(_Backend(arr))
+    coords = _coords(pieces, keys[0], arr.has_pos, arr.n_pos)
+    out = xr.DataArray(xr.Variable(dims, data), coords=coords)
+    if isinstance(chunks, dict):
+        out = out.chunk(chunks)
+    if stack_dim == "layer":
+        out = out.assign_coords(layer=[s.layer for s in parsed], site=("layer", keys))
+    elif stack_dim == "site":
         out = out.assign_coords(site=keys)
-    out.attrs["original_dtype"] = ",".join(sorted({d.attrs["original_dtype"] for d in per_key}))
+    else:
+        out = out.assign_coords(site=keys[0])
+        if parsed[0].layer is not None:
+            out = out.assign_coords(layer=parsed[0].layer)
+    out.attrs["original_dtype"] = ",".join(sorted({i.keys[k].original_dtype for i in pieces for k in keys}))
     return out
 
 

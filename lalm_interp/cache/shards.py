@@ -20,9 +20,11 @@ Open one key with ``xr.open_dataset(path, engine="h5netcdf", group="text.layers.
 from __future__ import annotations
 
 import json
+import os
 import re
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -119,8 +121,8 @@ def read_header(path: Path) -> ShardInfo:
     """Read a shard's header. Raises :class:`CacheError` for truncated/corrupt/foreign files."""
     path = Path(path)
     try:
-        with h5py.File(path, "r") as f:
-            attrs = dict(f.attrs)
+        with HANDLES.lock:
+            attrs = dict(HANDLES.get(path).attrs)
     except (OSError, KeyError, RuntimeError, ValueError) as err:
         raise _bad_file(path, err) from err
     if "lalm_interp_format" not in attrs:
@@ -286,11 +288,49 @@ class IOCounter:
             self.reads = 0
 
 
-class LazyActivation:
-    """An array-like over one key of one shard that opens the file only when sliced.
+class _Handles:
+    """A small per-process LRU of read-only h5py handles to complete (immutable) shards, keyed by
+    (path, mtime, size) so a file replaced after quarantine is reopened. One lock serialises
+    access (h5py serialises HDF5 calls anyway) so a handle is never closed mid-read."""
 
-    Holding no open handle keeps thousands of shards cheap and makes dask graphs picklable.
-    """
+    def __init__(self, capacity: int = 64):
+        self.capacity = capacity
+        self.lock = threading.RLock()
+        self._files: "OrderedDict[tuple, h5py.File]" = OrderedDict()
+        self._pid = os.getpid()
+
+    def get(self, path: Path) -> h5py.File:
+        if self._pid != os.getpid():  # forked: never share HDF5 handles with a parent process
+            self._files.clear()
+            self._pid = os.getpid()
+        st = os.stat(path)
+        key = (str(path), st.st_mtime_ns, st.st_size)
+        f = self._files.get(key)
+        if f is not None and f.id.valid:
+            self._files.move_to_end(key)
+            return f
+        for stale in [k for k in self._files if k[0] == key[0]]:  # same path, file changed
+            self._files.pop(stale).close()
+        f = h5py.File(path, "r")
+        self._files[key] = f
+        while len(self._files) > self.capacity:
+            _, old = self._files.popitem(last=False)
+            old.close()
+        return f
+
+    def clear(self) -> None:
+        with self.lock:
+            for f in self._files.values():
+                f.close()
+            self._files.clear()
+
+
+HANDLES = _Handles()
+
+
+class LazyActivation:
+    """An array-like over one key of one shard, read through the shared handle cache only when
+    sliced (no handle is held by the object, so dask graphs stay picklable)."""
 
     def __init__(self, path: Path, schema: KeySchema, counter: IOCounter | None = None):
         self.path = Path(path)
@@ -302,8 +342,8 @@ class LazyActivation:
 
     def __getitem__(self, key: Any) -> np.ndarray:
         try:
-            with h5py.File(self.path, "r") as f:
-                out = f[self.site][VALUE][key]
+            with HANDLES.lock:
+                out = HANDLES.get(self.path)[self.site][VALUE][key]
         except (OSError, KeyError, RuntimeError) as err:
             raise _bad_file(self.path, err) from err
         if self.counter is not None:
@@ -315,8 +355,8 @@ def read_coords(path: Path, site: str) -> dict[str, np.ndarray]:
     """Eagerly read a key's coordinates (small): ``example`` ids and per-position coordinates,
     per-position ones always as ``(example, position)`` arrays."""
     try:
-        with h5py.File(path, "r") as f:
-            g = f[site]
+        with HANDLES.lock:
+            g = HANDLES.get(path)[site]
             out: dict[str, np.ndarray] = {"example": np.asarray(g["example"].asstr()[...], dtype=object)}
             n = out["example"].shape[0]
             for name in COORD_NAMES:

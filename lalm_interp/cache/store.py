@@ -131,6 +131,7 @@ class Store:
         model: str | None = None,
         dataset: str | None = None,
         experiment: str | None = None,
+        chunks: "str | dict | None" = "auto",
     ) -> xr.DataArray:
         """One lazily loaded (dask-backed) DataArray for a site or site pattern.
 
@@ -141,9 +142,14 @@ class Store:
         ``example``, with coordinates ``example`` (ids), ``experiment``, ``run``, ``shard``,
         ``token``/``word``/``time_s``/``is_subject``/``valid`` over (example, position). Shorter
         shards are padded with NaN and ``valid == False``. Filters select by provenance.
+
+        Nothing is read until values are needed. ``chunks=None`` gives a lazily indexed array
+        (``.sel``/``.isel`` then ``.values`` read exactly the selected HDF5 chunks); ``"shards"``
+        gives dask with one chunk per (shard, key); a dict is passed to ``.chunk``; ``"auto"``
+        (default) is dask above 256 MiB, lazily indexed below.
         """
         cat = self.catalog(run=run, model=model, dataset=dataset, experiment=experiment)
-        return assemble(key, cat, self.io)
+        return assemble(key, cat, self.io, chunks)
 
     # ------------------------------------------------------------------ statistics
     def key_stats(

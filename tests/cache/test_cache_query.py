@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import xarray as xr
 from cache_helpers import HIDDEN, N_LAYERS, make_batch, provenance
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -106,14 +107,19 @@ def test_corrupt_and_truncated_shards_are_reported(filled):
     assert filled.get("text.layers.0.mlp", experiment="ok").sizes["example"] == 3
 
 
-def test_lazy_query_reads_only_the_selected_slice(filled):
+@pytest.mark.parametrize("chunks", [None, "shards"])
+def test_lazy_query_reads_only_the_selected_slice(filled, chunks):
     filled.io.reset()
-    da = filled.get("text.layers.*.mlp")
+    da = filled.get("text.layers.*.mlp", chunks=chunks)
+    assert (da.chunks is None) == (chunks is None)
     assert filled.io.bytes_read == 0  # nothing read to build the array
     one = da.sel(layer=2).isel(example=4).values
     itemsize = np.dtype(np.float32).itemsize
-    assert filled.io.bytes_read <= one.size * itemsize
-    assert filled.io.reads == 1
+    if chunks is None:  # lazily indexed: exactly the HDF5 chunk holding the selection
+        assert filled.io.bytes_read <= one.size * itemsize
+        assert filled.io.reads == 1
+    else:  # dask: the one (shard, key) block holding it
+        assert filled.io.bytes_read <= 3 * one.size * itemsize
     full = int(da.nbytes)
     assert filled.io.bytes_read * 10 < full
 
@@ -141,3 +147,59 @@ def test_range_resolution_matches_python_slicing(n, present, a, b):
             resolve(pattern, [info])
     else:
         assert [sites.parse(k).layer for k in resolve(pattern, [info])] == want
+
+
+def _dense(store, pattern):
+    """Reference: the full array assembled eagerly in NumPy from the written batches."""
+    da = store.get(pattern, chunks=None)
+    return da, da.values
+
+
+@settings(max_examples=40, deadline=None)
+@given(data=st.data())
+def test_outer_indexing_equals_numpy_on_the_dense_array(tmp_path_factory, data):
+    store = _filled_once(tmp_path_factory)
+    da, dense = _dense(store, "text.layers.*.mlp")
+    indexers = {}
+    for dim, n in da.sizes.items():
+        kind = data.draw(st.sampled_from(["all", "int", "slice", "list"]), label=dim)
+        if kind == "int":
+            indexers[dim] = data.draw(st.integers(-n, n - 1))
+        elif kind == "slice":
+            a, b = data.draw(st.integers(0, n)), data.draw(st.integers(0, n))
+            step = data.draw(st.integers(1, 3))
+            indexers[dim] = slice(min(a, b), max(a, b), step)
+        elif kind == "list":
+            indexers[dim] = data.draw(st.lists(st.integers(0, n - 1), min_size=1, max_size=4))
+    want = xr.DataArray(dense, dims=da.dims).isel(indexers).values
+    for chunks in (None, "shards"):
+        got = store.get("text.layers.*.mlp", chunks=chunks).isel(indexers).values
+        np.testing.assert_array_equal(got, want)
+
+
+_FILLED: dict = {}
+
+
+def _filled_once(factory) -> Store:
+    if "store" not in _FILLED:
+        store = Store(factory.mktemp("dense") / "cache")
+        w = store.writer("e1", provenance=provenance())
+        for i in range(3):
+            w.write(i, make_batch(i))
+        _FILLED["store"] = store
+    return _FILLED["store"]
+
+
+def test_dense_reference_matches_written_batches(tmp_path_factory):
+    store = _filled_once(tmp_path_factory)
+    da, dense = _dense(store, "text.layers.*.mlp")
+    row = 0
+    for i in range(3):
+        b = make_batch(i)
+        for e in range(3):
+            for layer in range(N_LAYERS):
+                v = b.values[f"text.layers.{layer}.mlp"][e]
+                np.testing.assert_array_equal(dense[row, layer, : v.shape[0]], v)
+                assert np.isnan(dense[row, layer, v.shape[0] :]).all()
+            row += 1
+    np.testing.assert_array_equal(store.get("text.layers.*.mlp", chunks={"example": 2}).values, dense)
