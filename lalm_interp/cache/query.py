@@ -133,6 +133,13 @@ def _norm(k, n: int) -> tuple[np.ndarray, bool]:
     return np.where(arr < 0, arr + n, arr).astype(np.int64), False
 
 
+def _as_slice(idx: np.ndarray) -> "slice | np.ndarray":
+    """A contiguous ascending index run as a slice (slice assignment is far cheaper than fancy)."""
+    if len(idx) and idx[-1] - idx[0] == len(idx) - 1 and (len(idx) == 1 or (np.diff(idx) == 1).all()):
+        return slice(int(idx[0]), int(idx[-1]) + 1)
+    return idx
+
+
 class ShardedArray:
     """A read-only array over many shards and keys: shape ``(example, [stack,] position, hidden)``
     (``position`` only for 3-d keys). Indexing (ints, slices, 1-d integer/bool arrays per axis, with
@@ -176,27 +183,41 @@ class ShardedArray:
         pos = rest[0] if self.has_pos else None
         hid = rest[-1]
         out_shape = (len(ex), len(layer_idx), *((len(pos),) if self.has_pos else ()), len(hid))
-        out = np.full(out_shape, np.nan, dtype=self.dtype)
+        out = np.empty(out_shape, dtype=self.dtype)
         shard_of = np.searchsorted(self.offsets, ex, side="right") - 1
         for s in (np.unique(shard_of) if out.size else ()):
             rows = np.nonzero(shard_of == s)[0]
+            r = _as_slice(rows)
             local = ex[rows] - self.offsets[s]
             info = self.pieces[s]
             for j, li in enumerate(layer_idx):
                 site = self.keys[li]
-                n_stored = info.keys[site].shape[1] if self.has_pos else 0
-                sel_pos = np.nonzero(pos < n_stored)[0] if self.has_pos else None
-                if self.has_pos and len(sel_pos) == 0:
+                if not self.has_pos:
+                    self._fill(info, site, out, (r, j, slice(None)), [local, hid])
                     continue
-                block = self._read(info, site, local, pos[sel_pos] if self.has_pos else None, hid)
-                if self.has_pos:
-                    out[np.ix_(rows, [j], sel_pos, np.arange(len(hid)))] = block[:, None]
-                else:
-                    out[rows, j] = block
+                n_stored = info.keys[site].shape[1]
+                sel_pos = np.nonzero(pos < n_stored)[0]
+                pad = np.nonzero(pos >= n_stored)[0]
+                if len(pad):
+                    out[np.ix_(rows, [j], pad, np.arange(len(hid)))] = np.nan
+                if len(sel_pos):
+                    q = _as_slice(sel_pos)
+                    if isinstance(r, slice) and isinstance(q, slice):
+                        self._fill(info, site, out, (r, j, q, slice(None)), [local, pos[sel_pos], hid])
+                    else:
+                        block = self._read(info, site, local, pos[sel_pos], hid)
+                        out[np.ix_(rows, [j], sel_pos, np.arange(len(hid)))] = block[:, None]
         if not self.stacked:
             out = out[:, 0]
         drop = tuple(i for i, (_, dropped) in enumerate(axes) if dropped)
         return out.reshape([n for i, n in enumerate(out.shape) if i not in drop]) if drop else out
+
+    def _fill(self, info: ShardInfo, site: str, out: np.ndarray, dest: tuple, parts: list[np.ndarray]) -> None:
+        """Write the selection ``parts`` (one index array per stored axis) into ``out[dest]``;
+        ``dest`` is made of slices, so the copy is a plain strided copy."""
+        # (h5py's read_direct into a strided destination proved much slower than read + copy.)
+        block = self._read(info, site, parts[0], parts[1] if len(parts) == 3 else None, parts[-1])
+        out[dest] = block
 
     def _read(self, info: ShardInfo, site: str, ex: np.ndarray, pos: np.ndarray | None, hid: np.ndarray) -> np.ndarray:
         """Read the bounding box of the selection (contiguous slices: HDF5 reads only the chunks
