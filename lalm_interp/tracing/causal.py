@@ -182,12 +182,12 @@ def trace_example(model: torch.nn.Module, processor: Any, adapter: Adapter, ex: 
         for row, v in zip(rows, p):
             grid[layers.index(row.label["layer"]), keys.index(row.label["position"])] = v - p_corr
         fam = r.label
-        ldim, pdim = f"layer/{fam}", f"position/{fam}"
-        data[f"ie/{fam}"] = ((ldim, pdim), grid)
+        ldim, pdim = f"layer:{fam}", f"position:{fam}"
+        data[f"ie:{fam}"] = ((ldim, pdim), grid)
         coords[ldim] = layers
         coords[pdim] = [str(k) for k in keys]
         for name, (dim, vals) in prep.position_coords(r, prep.adapter.expand(r.at)[0], keys).items():
-            coords[f"{name}/{fam}"] = (pdim, vals)
+            coords[f"{name}:{fam}"] = (pdim, vals)
     for pt in exp.patches:
         site = adapter.one(pt.at)
         if pt.positions == "all":
@@ -198,7 +198,7 @@ def trace_example(model: torch.nn.Module, processor: Any, adapter: Adapter, ex: 
         src = 0 if pt.source == "clean" else 1
         row = Row({"run": pt.name}, corrupted=(pt.target == "corrupt"), edits=[Edit(site, pos, src)])
         lp = prep.compiled.run([row], reuse_encoder=exp.reuse_encoder)
-        data[f"p/{pt.name}"] = ((), float(_p(lp, exp.metric)[0]))
+        data[f"p:{pt.name}"] = ((), float(_p(lp, exp.metric)[0]))
     ds = xr.Dataset(data, coords=coords)
     ds["p_clean"] = p_clean
     ds["p_corrupt"] = p_corr
@@ -219,7 +219,7 @@ def trace_example(model: torch.nn.Module, processor: Any, adapter: Adapter, ex: 
 
 
 def families(ds: xr.Dataset) -> list[str]:
-    return [str(k)[3:] for k in ds.data_vars if str(k).startswith("ie/")]
+    return [str(k)[3:] for k in ds.data_vars if str(k).startswith("ie:")]
 
 
 def aggregate(results: Sequence[xr.Dataset], exp: Experiment) -> xr.Dataset:
@@ -237,18 +237,18 @@ def aggregate(results: Sequence[xr.Dataset], exp: Experiment) -> xr.Dataset:
     max_layer = 0
     for ds in results:
         for f in fams:
-            spans.extend(str(s) for s in ds[f"position/{f}"].values if _is_span_mode(exp, f))
-            max_layer = max(max_layer, int(ds[f"layer/{f}"].max()) + 1)
+            spans.extend(str(s) for s in ds[f"position:{f}"].values if _is_span_mode(exp, f))
+            max_layer = max(max_layer, int(ds[f"layer:{f}"].max()) + 1)
     spans = list(dict.fromkeys(spans)) or ["all"]
     ie = np.full((len(results), len(fams), len(spans), max_layer), np.nan)
     for i, ds in enumerate(results):
         for j, f in enumerate(fams):
             if not _is_span_mode(exp, f):
                 continue
-            da = ds[f"ie/{f}"]
-            for s in da[f"position/{f}"].values:
+            da = ds[f"ie:{f}"]
+            for s in da[f"position:{f}"].values:
                 k = spans.index(str(s))
-                for layer, v in zip(ds[f"layer/{f}"].values, da.sel({f"position/{f}": s}).values):
+                for layer, v in zip(ds[f"layer:{f}"].values, da.sel({f"position:{f}": s}).values):
                     ie[i, j, k, int(layer)] = v
     streams = [Site.parse(r.at).stream for r in exp.restores]
     kinds = [Site.parse(r.at).component for r in exp.restores]

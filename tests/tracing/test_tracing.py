@@ -135,20 +135,20 @@ def test_trace_example_result_is_labelled(tiny_deep):
         patches=(Patch("text.layers.2.resid", positions=("last_token",)),),
     )
     ds = trace_example(model, processor, a, prompt(), exp)
-    assert set(ds.data_vars) >= {"ie/audio.resid", "ie/text.mlp", "ie/audio.attn.each", "p/patched", "p_clean"}
-    assert ds["ie/text.mlp"].dims == ("layer/text.mlp", "position/text.mlp")
-    assert list(ds["position/text.mlp"].values) == ["first_subject_word", "last_word", "last_token"]
-    each = ds["ie/audio.attn.each"]
+    assert set(ds.data_vars) >= {"ie:audio.resid", "ie:text.mlp", "ie:audio.attn.each", "p:patched", "p_clean"}
+    assert ds["ie:text.mlp"].dims == ("layer:text.mlp", "position:text.mlp")
+    assert list(ds["position:text.mlp"].values) == ["first_subject_word", "last_word", "last_token"]
+    each = ds["ie:audio.attn.each"]
     assert each.shape == (6, 98)  # 1.95 s → 195 mel → 98 encoder frames
-    assert ds["word/audio.attn.each"].values[0] == "Metropolitan"
-    assert float(ds["time_s/audio.attn.each"].values[0]) == pytest.approx(0.01)
-    assert ds["is_subject/audio.attn.each"].values[:64].all() and not ds["is_subject/audio.attn.each"].values[64:].any()
+    assert ds["word:audio.attn.each"].values[0] == "Metropolitan"
+    assert float(ds["time_s:audio.attn.each"].values[0]) == pytest.approx(0.01)
+    assert ds["is_subject:audio.attn.each"].values[:64].all() and not ds["is_subject:audio.attn.each"].values[64:].any()
     assert Experiment.from_json(ds.attrs["experiment"]) == exp
     agg = aggregate([ds, ds], exp)
     assert agg["ie"].dims == ("example", "family", "span", "layer")
     assert list(agg["stream"].values) == ["audio", "text", "audio"]
     np.testing.assert_allclose(agg["aie"].sel(family="text.mlp", span="last_token").values,
-                               ds["ie/text.mlp"].sel({"position/text.mlp": "last_token"}).values)
+                               ds["ie:text.mlp"].sel({"position:text.mlp": "last_token"}).values)
 
 
 def test_reads_record_values(tiny_deep):

@@ -1,0 +1,17 @@
+"""Hidden-state (residual) restorations in the audio encoder."""
+
+from lalm_interp.specs import Corrupt, Experiment, Restore
+
+# the paper's corruption: 3σ Gaussian noise on the subject's frames at the encoder's conv2
+CORRUPT = Corrupt(at="audio.conv2", span="subject", noise="gaussian", scale=3.0, seed=0)
+AUDIO_SPANS = ("first_subject_word", "last_subject_word", "last_word")
+TEXT_SPANS = AUDIO_SPANS + ("last_token",)
+WINDOW = 10  # layers restored around each centre layer (cap with `trace run --max-window N`)
+
+EXPERIMENT = Experiment(
+    name="hidden_audio",
+    corrupt=CORRUPT,
+    restores=(
+        Restore(at="audio.layers.*.resid", window=WINDOW, positions=AUDIO_SPANS),
+    ),
+)
