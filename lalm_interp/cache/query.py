@@ -183,9 +183,13 @@ class ShardedArray:
         pos = rest[0] if self.has_pos else None
         hid = rest[-1]
         out_shape = (len(ex), len(layer_idx), *((len(pos),) if self.has_pos else ()), len(hid))
-        out = np.empty(out_shape, dtype=self.dtype)
         shard_of = np.searchsorted(self.offsets, ex, side="right") - 1
-        for s in (np.unique(shard_of) if out.size else ()):
+        fast = self._single_block(ex, shard_of, layer_idx, pos, hid)
+        if fast is not None:  # one shard, one key, contiguous, no padding: no extra copy
+            out = fast[:, None]
+        else:
+            out = np.empty(out_shape, dtype=self.dtype)
+        for s in (np.unique(shard_of) if out.size and fast is None else ()):
             rows = np.nonzero(shard_of == s)[0]
             r = _as_slice(rows)
             local = ex[rows] - self.offsets[s]
@@ -211,6 +215,20 @@ class ShardedArray:
             out = out[:, 0]
         drop = tuple(i for i, (_, dropped) in enumerate(axes) if dropped)
         return out.reshape([n for i, n in enumerate(out.shape) if i not in drop]) if drop else out
+
+    def _single_block(self, ex, shard_of, layer_idx, pos, hid) -> "np.ndarray | None":
+        if len(ex) == 0 or len(layer_idx) != 1 or shard_of[0] != shard_of[-1]:
+            return None
+        info = self.pieces[int(shard_of[0])]
+        site = self.keys[int(layer_idx[0])]
+        parts = [ex - self.offsets[int(shard_of[0])]] + ([pos] if self.has_pos else []) + [hid]
+        runs = [_as_slice(p) for p in parts]
+        if not all(isinstance(r, slice) for r in runs):
+            return None
+        if self.has_pos and runs[1].stop > info.keys[site].shape[1]:
+            return None
+        block = LazyActivation(info.path, info.keys[site], self.counter)[tuple(runs)]
+        return block.astype(self.dtype, copy=False)
 
     def _fill(self, info: ShardInfo, site: str, out: np.ndarray, dest: tuple, parts: list[np.ndarray]) -> None:
         """Write the selection ``parts`` (one index array per stored axis) into ``out[dest]``;
