@@ -1,0 +1,139 @@
+"""``lalm-interp edit run``: edit every case of a benchmark with one editor and write the ES/PS/NS
+result file (``OUT/result.json``)."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def set_hparam(hp: Any, key: str, text: str) -> Any:
+    """A copy of dataclass ``hp`` with ``key`` (dotted for nested: ``audio.steps``) set from ``text``
+    (parsed as JSON when possible: numbers, true/false, null, lists → tuples)."""
+    from lalm_interp.editors import EditorError
+
+    head, _, rest = key.partition(".")
+    names = {f.name for f in dataclasses.fields(hp)}
+    if head not in names:
+        raise EditorError(f"unknown hyper-parameter {key!r}; {type(hp).__name__} has {sorted(names)}.")
+    if rest:
+        return dataclasses.replace(hp, **{head: set_hparam(getattr(hp, head), rest, text)})
+    try:
+        val = json.loads(text)
+    except json.JSONDecodeError:
+        val = text
+    if isinstance(val, list):
+        val = tuple(val)
+    return dataclasses.replace(hp, **{head: val})
+
+
+def needs_stats(editor: Any) -> bool:
+    hp = editor.hparams
+    covs = [getattr(h, "cov", None) for h in (hp, getattr(hp, "audio", None), getattr(hp, "text", None)) if h is not None]
+    return editor.name in ("alphaedit", "crossmodal-alphaedit") or "second_moment" in covs
+
+
+def key_corpus(args: Any, bench: Any, say) -> Any:
+    """The statistics corpus: LibriSpeech (``--librispeech``) or the synthesised fallback, built
+    from facts outside the benchmark (so no edited fact is protected)."""
+    from lalm_interp.bench.corpus import load_librispeech, open_corpus, synthesise_corpus
+    from lalm_interp.bench.datasets import load_facts
+    from lalm_interp.editors import KeyCorpus
+
+    if args.librispeech:
+        utts = load_librispeech(args.librispeech, limit=args.corpus_n)
+        return KeyCorpus(f"librispeech:{Path(args.librispeech).name}:{len(utts)}", utts)
+    exclude = sorted(bench.facts)
+    tag = hashlib.sha256(json.dumps(exclude).encode()).hexdigest()[:8]
+    folder = Path(args.corpus or Path(args.cache or "cache") / f"protected_corpus-{args.corpus_n}-{tag}")
+    if (folder / "corpus.jsonl").is_file():
+        utts = open_corpus(folder)
+    else:
+        say(f"synthesising the protected corpus ({args.corpus_n} sentences) into {folder}")
+        facts = load_facts("counterfact") + load_facts("known1000")
+        utts = synthesise_corpus(folder, n=args.corpus_n, facts=facts, exclude=exclude)
+    return KeyCorpus(f"synth:{len(utts)}:{tag}", utts)
+
+
+def run(args) -> int:
+    import torch
+
+    from lalm_interp.bench import Benchmark
+    from lalm_interp.cache import Store
+    from lalm_interp.editors import EditContext, get
+    from lalm_interp.evaluation import cases_from_benchmark, run as run_eval
+    from lalm_interp.known import first_token_scores
+    from lalm_interp.loading import load
+
+    def say(msg: str) -> None:
+        if not args.quiet:
+            print(msg, file=sys.stderr, flush=True)
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cls = get(args.method)
+    hp = cls.HParams()
+    for kv in args.hparam or []:
+        k, _, v = kv.partition("=")
+        hp = set_hparam(hp, k.strip(), v.strip())
+    sites = args.site if len(args.site) > 1 else args.site[0]
+    editor = cls(sites, hp)
+    loaded = load(args.model)
+    model, processor, adapter = loaded
+    editor.resolve_sites(adapter)  # fail early on a bad site
+    bench = Benchmark.open(args.bench)
+    cases = cases_from_benchmark(bench, word=args.word, rendition=args.rendition)
+    if args.known_only:
+        s = first_token_scores(model, processor, adapter, [c.request.prompt for c in cases], target="target")
+        cases = [c for c, ok in zip(cases, s.correct) if ok]
+    if args.limit:
+        cases = cases[: args.limit]
+    say(f"{len(cases)} cases, method {args.method}, sites {sites}")
+    store = Store(args.cache) if args.cache else Store()
+    corpus = key_corpus(args, bench, say) if needs_stats(editor) else None
+    ctx = EditContext(model, processor, adapter, store=store, corpus=corpus)
+    acc = {"accumulate": True, "reset": False, None: None}[args.mode]
+    meta = {"model": str(args.model), "model_source": loaded.source, "fingerprint": ctx.fingerprint,
+            "bench": str(Path(args.bench).resolve()), "word": args.word,
+            "corpus": corpus.id if corpus is not None else None, "known_only": bool(args.known_only)}
+    res = run_eval(editor, ctx, cases, accumulate=acc, meta=meta, progress=say)
+    path = res.save(args.out)
+    s, b = res.summary, res.baseline
+    print(f"{res.mod} {res.label}: Score {s['Score']} ES {s['ES']} PS {s['PS']} NS {s['NS']} "
+          f"(unedited: ES {b['ES']} PS {b['PS']} NS {b['NS']}); wrote {path}")
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("edit", help="knowledge editing: run an editor over a benchmark")
+    s = p.add_subparsers(dest="edit_command", metavar="ACTION")
+    r = s.add_parser("run", help="edit each benchmark case and score ES/PS/NS before and after")
+    r.add_argument("--model", required=True, help="'organism', a checkpoint folder or a hub id")
+    r.add_argument("--bench", required=True, help="benchmark folder (lalm-interp bench build)")
+    r.add_argument("--method", required=True, help="editor name: rome, crossmodal, alphaedit, crossmodal-alphaedit, finetune")
+    r.add_argument("--site", action="append", required=True,
+                   help="site(s) to edit, e.g. audio.layers.1 (= audio.layers.1.mlp.down), text.layers.0:2; repeat for cross-modal")
+    r.add_argument("--word", default="last", choices=["first", "last", "subject"], help="subject word the key is taken at")
+    r.add_argument("--out", required=True, help="output folder (result.json)")
+    r.add_argument("--hparam", action="append", metavar="KEY=VALUE", help="override a hyper-parameter (dotted for nested: audio.steps=5)")
+    mode = r.add_mutually_exclusive_group()
+    mode.add_argument("--accumulate", dest="mode", action="store_const", const="accumulate",
+                      help="keep every edit (sequential editing); default for multi-layer editors")
+    mode.add_argument("--reset", dest="mode", action="store_const", const="reset",
+                      help="revert after every case; default for single-layer editors")
+    r.set_defaults(mode=None)
+    r.add_argument("--limit", type=int, default=None, help="at most this many cases")
+    r.add_argument("--rendition", default=None, help="rendition of the edit prompts (default: the benchmark's first)")
+    r.add_argument("--known-only", action="store_true", help="keep only cases whose true object is the model's top-1")
+    r.add_argument("--cache", default=None, help="activation cache root for key statistics (default: $LALM_INTERP_CACHE or ./cache)")
+    r.add_argument("--corpus", default=None, help="folder of the synthesised protected corpus (made if missing)")
+    r.add_argument("--corpus-n", type=int, default=200, help="utterances in the statistics corpus (paper: 5000)")
+    r.add_argument("--librispeech", default=None, help="LibriSpeech split folder to use as the corpus instead")
+    r.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    r.add_argument("--quiet", action="store_true")
+    r.set_defaults(func=run)
+    p.set_defaults(func=lambda a: (p.print_help(), 0)[1])

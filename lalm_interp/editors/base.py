@@ -1,0 +1,463 @@
+"""The editor protocol: edit requests, the edit context, the edit handle, and the registry.
+
+An :class:`Editor` is built from its sites and a hyper-parameter dataclass; ``editor.apply(ctx,
+requests)`` edits the model of an :class:`EditContext` in place and returns an :class:`EditHandle`
+that reverts the weights **bitwise** and records what changed. Any failure inside ``apply``
+restores the weights before the exception leaves. Third parties register editors with
+:func:`register` or the ``lalm_interp.editors`` entry point group (value: an ``Editor`` subclass).
+See ``docs/editors/index.md`` and ``docs/patterns/add-an-editor.md``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import warnings
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from typing import Any, ClassVar, Sequence
+
+import numpy as np
+import torch
+
+from ..errors import LalmInterpError, ScoringError, SpanError
+from ..inputs import DEFAULT_INSTRUCTION
+from ..sites import Site
+from ..tracing.causal import SpokenPrompt
+
+WORDS = {"first": "first_subject_word", "last": "last_subject_word", "subject": "subject"}
+"""``EditRequest.word`` → the named span the key is pooled over."""
+
+
+class EditorError(LalmInterpError, ValueError):
+    """A request, site or hyper-parameter an editor cannot use. The model is untouched."""
+
+    page = "editors"
+
+
+class EditorWarning(UserWarning):
+    """Something an editor worked around (e.g. a singular key second moment it regularised)."""
+
+
+# ---------------------------------------------------------------------------- requests
+@dataclass(frozen=True)
+class EditRequest:
+    """One fact to rewrite: a spoken prompt (with its subject words and true object) and the new object.
+
+    prompt: the spoken edit prompt; ``prompt.target`` is the true object.
+    target_new: the object the edited model should say.
+    word: which subject word the key is taken at: ``"first"`` or ``"last"`` subject word, or
+        ``"subject"`` (all subject words pooled).
+    case_id: an id for result files (default: the prompt's id).
+    kl_prompts: optional prompts (e.g. the subject spoken alone) whose next-token distribution the
+        value optimisation keeps (ROME's "essence" KL term); their ``subject`` gives the key span.
+    """
+
+    prompt: SpokenPrompt
+    target_new: str
+    word: str = "last"
+    case_id: str = ""
+    kl_prompts: tuple[SpokenPrompt, ...] = ()
+
+    @property
+    def target_true(self) -> str:
+        return self.prompt.target
+
+    @property
+    def id(self) -> str:
+        return self.case_id or self.prompt.id
+
+    @property
+    def span_name(self) -> str:
+        return WORDS[self.word]
+
+    @classmethod
+    def from_item(cls, item: Any, *, word: str = "last", target_new: str | None = None,
+                  kl_items: Sequence[Any] = (), instruction: str = DEFAULT_INSTRUCTION) -> "EditRequest":
+        """From a benchmark item of form ``prompt`` (its ``target_new`` unless given)."""
+        new = target_new or getattr(item, "target_new", None)
+        if not new:
+            raise EditorError(
+                f"item {item.item_id!r} has no target_new; pass target_new= or use a CounterFact 'prompt' item."
+            )
+        kl = tuple(SpokenPrompt.from_item(k, instruction=instruction) for k in kl_items)
+        return cls(SpokenPrompt.from_item(item, instruction=instruction), new, word,
+                   getattr(item, "fact_id", "") or item.item_id, kl)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"case_id": self.id, "prompt_id": self.prompt.id, "words": _texts(self.prompt.words),
+                "subject": list(self.prompt.subject), "word": self.word,
+                "target_true": self.target_true, "target_new": self.target_new}
+
+
+def check_request(req: EditRequest, tokenizer: Any, prefix: str) -> None:
+    """Validate one request before anything runs. Raises :class:`EditorError`."""
+    from ..scoring import object_token_ids
+
+    if not isinstance(req, EditRequest):
+        raise EditorError(f"an edit request must be an EditRequest, got {type(req).__name__}.")
+    if req.word not in WORDS:
+        raise EditorError(f"request {req.id}: word={req.word!r}; expected one of {list(WORDS)}.")
+    if req.target_new.strip() == req.target_true.strip():
+        raise EditorError(
+            f"request {req.id}: target_new {req.target_new!r} equals target_true; an edit must change the "
+            "object. Pick a different target_new."
+        )
+    for name, obj in (("target_new", req.target_new), ("target_true", req.target_true)):
+        try:
+            object_token_ids(tokenizer, obj, prefix)
+        except ScoringError as err:
+            raise EditorError(f"request {req.id}: {name} {obj!r} cannot be scored: {str(err).splitlines()[0]}") from err
+    a, b = req.prompt.subject
+    if not (0 <= a <= b < len(req.prompt.words)):
+        raise EditorError(
+            f"request {req.id}: subject word range {req.prompt.subject} is not in the prompt's "
+            f"{len(req.prompt.words)} words ({' '.join(_texts(req.prompt.words))!r}); expected inclusive "
+            "word indices 0 <= first <= last < n_words."
+        )
+
+
+def _texts(words: Sequence[Any]) -> list[str]:
+    return [w.text if hasattr(w, "text") else str(w[0]) for w in words]
+
+
+# ---------------------------------------------------------------------------- context
+@dataclass
+class KeyCorpus:
+    """Clips whose keys give an editor its statistics (ROME's C, AlphaEdit's protected K0).
+
+    id: names the corpus in the statistics cache; include what makes it unique (source, size).
+    clips: 16 kHz mono float32 arrays (or anything with ``.audio``, e.g. corpus utterances).
+    batch_size: clips per forward pass while collecting keys.
+    instruction: the text instruction after each clip (text-side keys include it).
+    """
+
+    id: str
+    clips: Sequence[Any]
+    batch_size: int = 8
+    instruction: str = DEFAULT_INSTRUCTION
+
+    def audio(self, i: int) -> np.ndarray:
+        c = self.clips[i]
+        return c.audio if hasattr(c, "audio") else c
+
+
+@dataclass
+class EditContext:
+    """What an editor works on: the model (edited in place), its processor and adapter, and where
+    its key statistics come from.
+
+    store: an activation :class:`~lalm_interp.cache.Store`; statistics are read from it and
+        computed + written on first use (``None``: computed in memory only).
+    corpus: the :class:`KeyCorpus` for statistics (needed by ROME with ``cov="second_moment"``
+        and by AlphaEdit).
+    fingerprint: names the model in the statistics cache (default: name + a hash of the weights
+        as they are when the context is made, so stats always belong to the unedited model).
+    """
+
+    model: torch.nn.Module
+    processor: Any
+    adapter: Any
+    store: Any = None
+    corpus: KeyCorpus | None = None
+    fingerprint: str | None = None
+    memo: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.fingerprint is None:
+            self.fingerprint = weights_fingerprint(self.model)
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.processor.tokenizer
+
+
+def weights_fingerprint(model: torch.nn.Module, max_params: int = 50_000_000) -> str:
+    """``name#sha256[:16]`` of all weights (models up to ``max_params``); larger models are named
+    by ``config._name_or_path`` and their parameter count only."""
+    name = str(getattr(getattr(model, "config", None), "_name_or_path", "") or type(model).__name__)
+    n = sum(p.numel() for p in model.parameters())
+    if n > max_params:
+        return f"{name}#n{n}"
+    h = hashlib.sha256()
+    for k, v in model.state_dict().items():
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes() if v.numel() else b"")
+    return f"{name}#{h.hexdigest()[:16]}"
+
+
+# ---------------------------------------------------------------------------- handle
+class EditHandle:
+    """Reverts an edit bitwise and records what it changed.
+
+    ``track(site, module)`` clones every parameter of ``module`` before the editor writes to it;
+    ``revert()`` copies the clones back (``copy_``), so the weights are bit-identical to before.
+    ``changes`` lists per edited site: module path, ``delta_fro`` = ||ΔW||_F, ``weight_fro`` =
+    ||W||_F, ``delta_rel`` = their ratio, ``delta_rank`` (numerical rank of ΔW, for matrices up to
+    4096 wide). ``info`` holds editor-specific diagnostics (loss, null-space size...).
+    """
+
+    def __init__(self, method: str, sites: Sequence[Site], hparams: Any):
+        self.method = method
+        self.sites = [str(s) for s in sites]
+        self.hparams = hparams
+        self._orig: dict[str, tuple[torch.nn.Module, dict[str, torch.Tensor]]] = {}
+        self._site_of: dict[str, str] = {}
+        self.changes: list[dict[str, Any]] = []
+        self.info: dict[str, Any] = {}
+        self.reverted = False
+
+    def track(self, site: "Site | str", module: torch.nn.Module, path: str) -> None:
+        if path in self._orig:
+            return
+        self._orig[path] = (module, {n: p.detach().clone() for n, p in module.named_parameters(recurse=False)})
+        self._site_of[path] = str(site)
+
+    @property
+    def modules(self) -> list[str]:
+        return list(self._orig)
+
+    def original(self, path: str, name: str = "weight") -> torch.Tensor:
+        return self._orig[path][1][name]
+
+    @torch.no_grad()
+    def revert(self) -> None:
+        """Restore every tracked parameter bit for bit (idempotent)."""
+        for module, saved in self._orig.values():
+            params = dict(module.named_parameters(recurse=False))
+            for n, t in saved.items():
+                params[n].data.copy_(t)
+        self.reverted = True
+
+    @torch.no_grad()
+    def finish(self) -> "EditHandle":
+        """Compute the change records from the snapshots (called by ``Editor.apply``)."""
+        self.changes = []
+        for path, (module, saved) in self._orig.items():
+            w0 = saved["weight"].double()
+            dw = module.weight.detach().double() - w0
+            rec = {"site": self._site_of[path], "module": path, "shape": list(w0.shape),
+                   "delta_fro": float(dw.norm()), "weight_fro": float(w0.norm())}
+            rec["delta_rel"] = rec["delta_fro"] / max(rec["weight_fro"], 1e-30)
+            if dw.ndim == 2 and max(dw.shape) <= 4096:
+                rec["delta_rank"] = int(torch.linalg.matrix_rank(dw, rtol=1e-6)) if rec["delta_fro"] > 0 else 0
+            self.changes.append(rec)
+        return self
+
+    def merge(self, other: "EditHandle") -> "EditHandle":
+        """Absorb another handle applied *after* this one (the earliest snapshot of a module wins)."""
+        for path, entry in other._orig.items():
+            if path not in self._orig:
+                self._orig[path] = entry
+                self._site_of[path] = other._site_of[path]
+        for s in other.sites:
+            if s not in self.sites:
+                self.sites.append(s)
+        self.info.update({f"{other.method}.{k}": v for k, v in other.info.items()})
+        return self
+
+    def to_json(self) -> dict[str, Any]:
+        hp = dataclasses.asdict(self.hparams) if dataclasses.is_dataclass(self.hparams) else self.hparams
+        return {"method": self.method, "sites": self.sites, "hparams": hp, "changes": self.changes,
+                "info": _jsonable(self.info), "reverted": self.reverted}
+
+    def __repr__(self) -> str:
+        return f"EditHandle({self.method!r}, sites={self.sites}, reverted={self.reverted})"
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, torch.Tensor):
+        return x.detach().cpu().tolist()
+    if isinstance(x, np.generic):
+        return x.item()
+    return x
+
+
+# ---------------------------------------------------------------------------- editor
+class Editor:
+    """Base class of editors. Subclasses set ``name``, ``label``, ``HParams`` (a dataclass) and
+    implement ``check_sites(adapter, sites)`` and ``_edit(ctx, requests, sites, handle)``.
+
+    ``Editor(sites, hparams=None, **overrides)``: ``sites`` is a site string, a pattern, or a list
+    of them; ``overrides`` replace single hyper-parameters. Editors that accumulate state across
+    sequential edits (AlphaEdit's previously edited keys) keep it on the instance; ``reset()``
+    forgets it.
+    """
+
+    name: ClassVar[str] = ""
+    label: ClassVar[str] = ""
+    HParams: ClassVar[type] = object
+    accumulates: ClassVar[bool] = False
+    """Default evaluation mode: single-layer editors reset between cases, multi-layer accumulate."""
+
+    def __init__(self, sites: Any, hparams: Any = None, **overrides: Any):
+        if hparams is None:
+            hparams = self.HParams()
+        if not isinstance(hparams, self.HParams):
+            raise EditorError(f"{self.name}: hparams must be a {self.HParams.__name__}, got {type(hparams).__name__}.")
+        if overrides:
+            known = {f.name for f in dataclasses.fields(hparams)}
+            bad = sorted(set(overrides) - known)
+            if bad:
+                raise EditorError(f"{self.name}: unknown hyper-parameter(s) {bad}; {self.HParams.__name__} has {sorted(known)}.")
+            hparams = dataclasses.replace(hparams, **overrides)
+        check_hparams = getattr(hparams, "check", None)
+        if check_hparams:
+            check_hparams()
+        self.hparams = hparams
+        self.site_spec = sites
+
+    # ------------------------------------------------------------------ API
+    def resolve_sites(self, adapter: Any) -> list[Site]:
+        from ..errors import SiteError
+
+        specs = [self.site_spec] if isinstance(self.site_spec, (str, Site)) else list(self.site_spec)
+        if not specs:
+            raise EditorError(f"{self.name}: no site given.")
+        try:
+            sites = adapter.expand([normalise_site(s) for s in specs])
+        except SiteError as err:
+            raise EditorError(f"{self.name}: {str(err).splitlines()[0]}") from err
+        self.check_sites(adapter, sites)
+        return sites
+
+    def apply(self, ctx: EditContext, requests: "EditRequest | Sequence[EditRequest]") -> EditHandle:
+        """Edit ``ctx.model`` in place for ``requests``; returns the handle. On any error the
+        weights are restored bitwise before the exception propagates."""
+        reqs = [requests] if isinstance(requests, EditRequest) else list(requests)
+        if not reqs:
+            raise EditorError(f"{self.name}: no edit requests given.")
+        sites = self.resolve_sites(ctx.adapter)
+        from ..scoring import object_prefix
+
+        prefix = object_prefix(ctx.adapter, _Style(_style(ctx.processor)))
+        for r in reqs:
+            check_request(r, ctx.tokenizer, prefix)
+        handle = EditHandle(self.name, sites, self.hparams)
+        try:
+            self._edit(ctx, reqs, sites, handle)
+        except SpanError as err:
+            handle.revert()
+            raise EditorError(f"{self.name}: the key span cannot be placed: {str(err).splitlines()[0]}") from err
+        except BaseException:
+            handle.revert()
+            raise
+        return handle.finish()
+
+    def reset(self) -> None:
+        """Forget state accumulated across sequential edits (nothing for stateless editors)."""
+
+    # ------------------------------------------------------------------ subclass hooks
+    def check_sites(self, adapter: Any, sites: list[Site]) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _edit(self, ctx: EditContext, requests: list[EditRequest], sites: list[Site],
+              handle: EditHandle) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def describe(self) -> dict[str, Any]:
+        return {"method": self.name, "label": self.label, "sites": _site_list(self.site_spec),
+                "hparams": dataclasses.asdict(self.hparams)}
+
+
+def _site_list(spec: Any) -> list[str]:
+    return [str(spec)] if isinstance(spec, (str, Site)) else [str(s) for s in spec]
+
+
+@dataclass
+class _Style:
+    style: str
+
+
+def _style(processor: Any) -> str:
+    return "chat" if getattr(processor, "chat_template", None) else "plain"
+
+
+def normalise_site(site: "str | Site") -> str:
+    """``audio.layers.3`` / ``audio.layers.3.mlp`` / ``...mlp.down@in`` → ``audio.layers.3.mlp.down``
+    (the edited module). Other components are returned unchanged so the editor can reject them."""
+    from ..sites import parse
+
+    try:
+        s = parse(site)
+    except LalmInterpError as err:
+        raise EditorError(f"site {site!r}: {str(err).splitlines()[0]}") from err
+    if s.is_layer_site and len(s.path) == 2:
+        s = Site(s.stream, (*s.path, "mlp", "down"))
+    elif s.is_layer_site and s.component == "mlp":
+        s = Site(s.stream, (*s.path[:2], "mlp", "down"))
+    if s.component == "mlp.down":
+        s = s.with_port("out")
+    return str(s)
+
+
+def require_mlp_down(name: str, adapter: Any, sites: list[Site], *, n: int | None = None,
+                     one_stream: bool = True) -> None:
+    """Shared site check: every site must be a per-layer ``mlp.down`` (a Linear with a key input)."""
+    for s in sites:
+        if s.component != "mlp.down" or s.stream not in ("audio", "text"):
+            raise EditorError(
+                f"{name} cannot edit site {s}: it edits the MLP down-projection of an audio or text layer "
+                "(e.g. 'audio.layers.3.mlp.down' = encoder fc2, 'text.layers.8.mlp.down' = mlp.down_proj), "
+                f"whose input is the key. Attention and residual sites have no single key matrix."
+            )
+        if not adapter.component(s).has_input:
+            raise EditorError(f"{name}: adapter {adapter.name} declares no key input (@in) for {s}.")
+    if n is not None and len(sites) != n:
+        raise EditorError(f"{name} edits exactly {n} site(s), got {len(sites)}: {[str(s) for s in sites]}.")
+    if one_stream and len({s.stream for s in sites}) > 1:
+        raise EditorError(f"{name}: sites {[str(s) for s in sites]} mix streams; edit audio and text with a cross-modal editor.")
+
+
+# ---------------------------------------------------------------------------- registry
+ENTRY_POINT_GROUP = "lalm_interp.editors"
+_REGISTRY: dict[str, type[Editor]] = {}
+_EP_LOADED = False
+
+
+def register(cls: type[Editor], *, replace: bool = False) -> type[Editor]:
+    """Register an :class:`Editor` subclass under ``cls.name`` (usable as a class decorator)."""
+    if not (isinstance(cls, type) and issubclass(cls, Editor)) or not cls.name:
+        raise EditorError(f"register() takes an Editor subclass with a name, got {cls!r}.")
+    if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls and not replace:
+        raise EditorError(f"an editor named {cls.name!r} is already registered; pass replace=True to override.")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def _load_entry_points() -> None:
+    global _EP_LOADED
+    if _EP_LOADED:
+        return
+    _EP_LOADED = True
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            cls = ep.load()
+        except Exception as err:  # a broken plug-in must not break the package
+            warnings.warn(f"editor entry point {ep.name!r} failed to load: {err}", stacklevel=2)
+            continue
+        if isinstance(cls, type) and issubclass(cls, Editor) and cls.name not in _REGISTRY:
+            register(cls)
+
+
+def available() -> dict[str, type[Editor]]:
+    """All registered editors by name."""
+    _load_entry_points()
+    return dict(_REGISTRY)
+
+
+def get(name: str) -> type[Editor]:
+    eds = available()
+    if name not in eds:
+        raise EditorError(f"no editor named {name!r}; registered: {sorted(eds)}. "
+                          "Add one (docs/patterns/add-an-editor.md) and register it.")
+    return eds[name]
+
+
+def make(name: str, sites: Any, hparams: Any = None, **overrides: Any) -> Editor:
+    """Build a registered editor: ``make("rome", "text.layers.1.mlp.down", steps=20)``."""
+    return get(name)(sites, hparams, **overrides)

@@ -1,0 +1,272 @@
+"""Keys and values for editors, collected with plain torch forward hooks on the adapter's modules.
+
+* :func:`prepare` turns an :class:`EditRequest` into model inputs, a position map and object ids.
+* :func:`capture` reads module inputs (``site@in``: the key) or outputs in one forward pass.
+* :func:`pooled` mean-pools a site over a request's subject-word span (audio: encoder frames of
+  the word; text: the LLM audio-token positions of the word — the subject is spoken, so its
+  "tokens" on the text side are audio tokens).
+* :func:`key_stats` gives the second moment of keys at a site over a :class:`KeyCorpus`, from the
+  activation cache (computed and cached on first use).
+* :func:`optimise_delta` finds the value change δ (v* = v + δ) that maximises log P(target_new).
+
+Hooks are always removed (``try/finally``) and parameters' ``requires_grad`` flags restored.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from ..inputs import PromptBatch, build_inputs
+from ..scoring import logprobs_from_logits, object_prefix, object_token_ids, teacher_forced_inputs
+from ..sites import Site, parse
+from ..spans import SEQ, PositionMap, as_words, position_map
+from .base import EditContext, EditorError, EditRequest
+
+
+# ---------------------------------------------------------------------------- prepared prompts
+@dataclass
+class Prepared:
+    """One spoken prompt made ready: inputs, position map, object ids, teacher-forced inputs for
+    target_new (``inputs``; logits at ``L - 1 + k`` predict token k)."""
+
+    batch: PromptBatch
+    pm: PositionMap
+    new_ids: list[int]
+    inputs: dict[str, torch.Tensor]
+    L: int
+
+
+def prepare_prompt(ctx: EditContext, prompt: Any, target: str) -> Prepared:
+    batch = build_inputs(ctx.processor, ctx.adapter, [prompt.audio], instruction=prompt.instruction,
+                         names=[prompt.id])
+    pm = position_map(ctx.adapter, batch, 0, as_words(prompt.words), prompt.subject)
+    ids = object_token_ids(ctx.tokenizer, target, object_prefix(ctx.adapter, batch))
+    inputs, L = teacher_forced_inputs(batch, [ids], ctx.tokenizer.pad_token_id or 0)
+    return Prepared(batch, pm, ids, inputs, L)
+
+
+def prepare(ctx: EditContext, req: EditRequest) -> Prepared:
+    """The edit prompt of ``req`` with target_new teacher-forced."""
+    return prepare_prompt(ctx, req.prompt, req.target_new)
+
+
+def span(ctx: EditContext, prep: Prepared, site: Site, name: str) -> tuple[int, int]:
+    """Half-open positions of span ``name`` on the time axis of ``site`` (encoder frames or LLM seq)."""
+    stage = ctx.adapter.stage(site)
+    a, b = prep.pm.span(name, stage)
+    if b <= a:
+        raise EditorError(f"span {name!r} is empty at {site} (stage {stage}); the word is too short for this stage.")
+    return a, b
+
+
+# ---------------------------------------------------------------------------- hooks
+@contextmanager
+def frozen(model: torch.nn.Module, trainable: Sequence[torch.nn.Parameter] = ()) -> Iterator[None]:
+    """Turn ``requires_grad`` off on every parameter (on for ``trainable``), restore on exit."""
+    params = list(model.parameters())
+    flags = [p.requires_grad for p in params]
+    keep = {id(p) for p in trainable}
+    try:
+        for p in params:
+            p.requires_grad_(id(p) in keep)
+        yield
+    finally:
+        for p, f in zip(params, flags):
+            p.requires_grad_(f)
+
+
+@contextmanager
+def hooked(handles: list) -> Iterator[list]:
+    try:
+        yield handles
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _out_tensor(output: Any) -> torch.Tensor:
+    return output[0] if isinstance(output, tuple) else output
+
+
+def capture(ctx: EditContext, sites: Sequence[Site], inputs: dict[str, torch.Tensor], *,
+            grad: bool = False) -> dict[Site, torch.Tensor]:
+    """One forward; the value at each site in (batch, time, channels) layout (detached unless ``grad``)."""
+    adapter, model = ctx.adapter, ctx.model
+    got: dict[Site, torch.Tensor] = {}
+    handles = []
+
+    def keep(site: Site, x: torch.Tensor) -> None:
+        x = adapter.to_btc(site, x)
+        got[site] = x if grad else x.detach()
+
+    for s in sites:
+        mod = adapter.module(model, s)
+        if s.port == "in":
+            handles.append(mod.register_forward_pre_hook(lambda m, args, s=s: keep(s, args[0])))
+        else:
+            handles.append(mod.register_forward_hook(lambda m, args, out, s=s: keep(s, _out_tensor(out))))
+    with hooked(handles):
+        with torch.set_grad_enabled(grad):
+            model(**inputs, use_cache=False)
+    return got
+
+
+@contextmanager
+def add_delta(ctx: EditContext, site: Site, positions: tuple[int, int], delta: torch.Tensor,
+              rank_one: tuple[torch.Tensor, torch.Tensor] | None = None) -> Iterator[None]:
+    """Add ``delta`` (channels) to the output of ``site``.
+
+    ``rank_one=None``: at time positions ``[a, b)`` (ROME's "value at the subject" form).
+    ``rank_one=(k, u)``: at every position t, scaled by (uᵀx_t)/(uᵀk) with x_t the module's input —
+    exactly what the rank-one update ΔW = δuᵀ/(uᵀk) will add, so the optimised loss is the loss
+    the edited model has.
+    """
+    adapter = ctx.adapter
+    a, b = positions
+
+    def hook(mod, args, output):
+        x = _out_tensor(output)
+        btc = adapter.to_btc(site, x)
+        if rank_one is None:
+            add = torch.zeros_like(btc)
+            add[:, a:b, :] = delta.to(btc.dtype)
+        else:
+            k, u = rank_one
+            key = adapter.to_btc(site.with_port("in"), args[0])
+            w = (key.double() @ u) / (k @ u)  # (batch, time)
+            add = (w[..., None] * delta.double()).to(btc.dtype)
+        new = adapter.to_btc(site, btc + add)  # to_btc is its own inverse (a transpose or nothing)
+        return (new, *output[1:]) if isinstance(output, tuple) else new
+
+    with hooked([adapter.module(ctx.model, site).register_forward_hook(hook)]):
+        yield
+
+
+def pooled(ctx: EditContext, prep: Prepared, site: Site, name: str) -> torch.Tensor:
+    """Mean of ``site``'s value over span ``name`` of ``prep`` (float64, shape (channels,))."""
+    a, b = span(ctx, prep, site, name)
+    x = capture(ctx, [site], prep.inputs)[site]
+    return x[0, a:b].double().mean(0)
+
+
+# ---------------------------------------------------------------------------- statistics
+def corpus_keys(ctx: EditContext, site: Site) -> Iterator[np.ndarray]:
+    """(n, d) batches of keys at ``site`` over ``ctx.corpus``: every valid encoder frame (audio
+    sites) or every real LLM position (text sites)."""
+    corpus = ctx.corpus
+    if corpus is None or len(corpus.clips) == 0:
+        raise EditorError(
+            f"key statistics for {site} need a corpus: pass EditContext(corpus=KeyCorpus(id, clips)) "
+            "(e.g. the protected corpus, lalm_interp.bench.corpus.protected_corpus)."
+        )
+    adapter = ctx.adapter
+    stage = adapter.stage(site)
+    for i in range(0, len(corpus.clips), corpus.batch_size):
+        clips = [corpus.audio(j) for j in range(i, min(i + corpus.batch_size, len(corpus.clips)))]
+        batch = build_inputs(ctx.processor, adapter, clips, instruction=corpus.instruction)
+        x = capture(ctx, [site], batch.model_inputs)[site]
+        rows = []
+        for r in range(len(clips)):
+            if stage == SEQ:
+                m = batch.model_inputs["attention_mask"][r].bool()
+                rows.append(x[r, m])
+            else:
+                rows.append(x[r, : adapter.rate_chain.valid(stage, batch.n_mel[r])])
+        yield torch.cat(rows).double().cpu().numpy()
+
+
+def key_stats(ctx: EditContext, site: "Site | str"):
+    """:class:`~lalm_interp.cache.SecondMoment` of the keys at ``site`` (``...mlp.down@in``) over the
+    context's corpus: from memory, else from ``ctx.store`` (computed and written there on first use)."""
+    from ..cache import SecondMoment
+
+    s = parse(site).with_port("in")
+    key = f"stats:{s}"
+    if key in ctx.memo:
+        return ctx.memo[key]
+    if ctx.corpus is None:
+        corpus_keys(ctx, s)  # raises the explanatory error
+    if ctx.store is not None:
+        stats = ctx.store.key_stats(str(s), model=ctx.fingerprint, corpus=ctx.corpus.id,
+                                    compute=lambda: corpus_keys(ctx, s))
+    else:
+        stats = SecondMoment()
+        for b in corpus_keys(ctx, s):
+            stats.update(b)
+    ctx.memo[key] = stats
+    return stats
+
+
+# ---------------------------------------------------------------------------- value optimisation
+@dataclass
+class DeltaResult:
+    """The optimised δ and its trace: ``nll`` per step (mean over target tokens), final
+    ``p_new`` (P of target_new's tokens, product), ``v0_norm`` = ||v||, ``delta_norm``."""
+
+    delta: torch.Tensor
+    nll: list[float]
+    p_new: float
+    v0_norm: float
+    delta_norm: float
+
+
+def optimise_delta(ctx: EditContext, prep: Prepared, site: Site, name: str, *, steps: int, lr: float,
+                   weight_decay: float, clamp_norm_factor: float, kl_factor: float = 0.0,
+                   kl_preps: Sequence[tuple[Prepared, str]] = (), init: torch.Tensor | None = None,
+                   stop_nll: float = 0.05, rank_one: tuple[torch.Tensor, torch.Tensor] | None = None) -> DeltaResult:
+    """δ (channels of ``site``'s output) added over span ``name`` that maximises log P(target_new).
+
+    loss = NLL(target_new | prompt, δ)  (mean over target tokens)
+         + kl_factor · KL(P₀(· | kl prompt) ‖ P_δ(· | kl prompt))   (next token, δ at its span)
+         + weight_decay · ‖δ‖² / ‖v‖²
+    with v the pooled output at the span; ‖δ‖ is clamped to ``clamp_norm_factor · ‖v‖`` after
+    each Adam step. Stops early when the NLL falls below ``stop_nll``. ``rank_one=(k*, u)`` applies
+    δ the way the rank-one update will (see :func:`add_delta`) instead of over the span only.
+    """
+    a, b = span(ctx, prep, site, name)
+    model = ctx.model
+    out0 = capture(ctx, [site], prep.inputs)[site]
+    v0 = out0[0, a:b].float().mean(0)
+    v0_norm = float(v0.norm())
+    width = out0.shape[-1]
+    delta = (init.detach().clone().float() if init is not None else torch.zeros(width)).to(out0.device)
+    delta.requires_grad_(True)
+    kl_ref = []
+    for kp, kname in kl_preps:
+        with torch.no_grad():
+            lg = model(**kp.batch.model_inputs, use_cache=False).logits
+        kl_ref.append(torch.log_softmax(lg[0, kp.batch.last[0]].float(), -1))
+    opt = torch.optim.Adam([delta], lr=lr)
+    max_norm = clamp_norm_factor * max(v0_norm, 1e-8)
+    nlls: list[float] = []
+    ids = [prep.new_ids]
+    with frozen(model), torch.enable_grad():
+        for step in range(max(steps, 0) + 1):
+            with add_delta(ctx, site, (a, b), delta, rank_one):
+                logits = model(**prep.inputs, use_cache=False).logits
+            _, total = logprobs_from_logits(logits, ids, prep.L)
+            nll = -total[0] / len(prep.new_ids)
+            nlls.append(float(nll.detach()))
+            if step == steps or nlls[-1] < stop_nll:
+                break
+            loss = nll + weight_decay * delta.pow(2).sum() / max(v0_norm, 1e-8) ** 2
+            for (kp, kname), ref in zip(kl_preps, kl_ref):
+                ka, kb = span(ctx, kp, site, kname)
+                with add_delta(ctx, site, (ka, kb), delta, rank_one):
+                    lg = model(**kp.batch.model_inputs, use_cache=False).logits
+                lp = torch.log_softmax(lg[0, kp.batch.last[0]].float(), -1)
+                loss = loss + kl_factor / len(kl_preps) * torch.sum(ref.exp() * (ref - lp))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            with torch.no_grad():
+                n = delta.norm()
+                if n > max_norm:
+                    delta.mul_(max_norm / n)
+    d = delta.detach()
+    return DeltaResult(d, nlls, float(np.exp(-nlls[-1] * len(prep.new_ids))), v0_norm, float(d.norm()))

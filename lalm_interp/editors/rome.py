@@ -1,0 +1,142 @@
+"""Single-layer rank-one editing (ROME-style) of one audio layer (encoder ``fc2``) or one text layer
+(``mlp.down_proj``). The math is in :func:`rank_one_update`; see ``docs/editors/rome.md``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..sites import Site
+from .base import EditContext, EditHandle, Editor, EditorError, EditorWarning, EditRequest, register, require_mlp_down
+from .keys import key_stats, optimise_delta, pooled, prepare, prepare_prompt
+
+
+@dataclass(frozen=True)
+class RomeHParams:
+    """Hyper-parameters of :class:`Rome` (defaults follow the paper / ROME).
+
+    steps: gradient steps for v* (paper: 10). Unit: Adam steps.
+    lr: Adam learning rate of δ = v* − v. Unit: activation units per step.
+    weight_decay: weight of ‖δ‖²/‖v‖² in the loss. Unit: nats per squared relative norm.
+    kl_factor: weight of the KL term keeping the subject's other predictions (used only when the
+        request has ``kl_prompts``). Unit: nats per nat.
+    clamp_norm_factor: ‖δ‖ is clamped to this multiple of ‖v‖. Unit: ratio.
+    cov: ``"second_moment"`` (ROME: C = E[k kᵀ] of the corpus keys, from the cache) or
+        ``"identity"`` (C = I: the minimum-norm update, the paper's eq. 7).
+    cov_reg: when C is singular (smallest/largest eigenvalue below ``cov_rcond``), C + λ·(tr C/d)·I
+        is used with λ = cov_reg, and an :class:`EditorWarning` is issued. Unit: fraction of the
+        mean eigenvalue.
+    cov_rcond: singularity threshold on the eigenvalue ratio. Unit: ratio.
+    stop_nll: stop the v* optimisation early when the mean target NLL is below this. Unit: nats.
+    value_mode: how δ acts while v* is optimised: ``"edit"`` (default) adds δ·(uᵀx_t)/(uᵀk*) at every
+        position t — exactly what ΔW will add, since the key is pooled over several frames/tokens —
+        or ``"span"`` (ROME's original) adds δ over the subject word's positions only.
+    """
+
+    steps: int = 10
+    lr: float = 0.5
+    weight_decay: float = 1e-3
+    kl_factor: float = 0.0625
+    clamp_norm_factor: float = 4.0
+    cov: str = "second_moment"
+    cov_reg: float = 1e-2
+    cov_rcond: float = 1e-7
+    stop_nll: float = 0.05
+    value_mode: str = "edit"
+
+    def check(self) -> None:
+        if self.value_mode not in ("edit", "span"):
+            raise EditorError(f"RomeHParams.value_mode={self.value_mode!r}; expected 'edit' or 'span'.")
+        if self.cov not in ("second_moment", "identity"):
+            raise EditorError(f"RomeHParams.cov={self.cov!r}; expected 'second_moment' or 'identity'.")
+        if self.steps < 0 or self.lr <= 0 or self.clamp_norm_factor <= 0 or self.cov_reg <= 0:
+            raise EditorError(f"RomeHParams: steps >= 0 and lr, clamp_norm_factor, cov_reg > 0 required; got {self}.")
+
+
+def rank_one_update(W: torch.Tensor, k: torch.Tensor, v: torch.Tensor, C: torch.Tensor | None = None) -> torch.Tensor:
+    """ΔW = (v − W k)(C⁻¹k)ᵀ / (kᵀ C⁻¹ k), so that (W + ΔW) k = v.
+
+    W: (out, in) weight (``y = W k``); k: (in,) key; v: (out,) value; C: (in, in) key second moment
+    (``None``: identity, the minimum-Frobenius-norm update). Computed in float64.
+    """
+    W, k, v = W.double(), k.double(), v.double()
+    u = k if C is None else torch.linalg.solve(C.double(), k)
+    return torch.outer(v - W @ k, u) / (k @ u)
+
+
+def regularised(C: torch.Tensor, lam: float, rcond: float, where: str) -> torch.Tensor:
+    """C itself, or C + λ·(tr C / d)·I with a warning when C is (numerically) singular."""
+    if not torch.isfinite(C).all():
+        raise EditorError(f"{where}: the key second moment has NaN/inf entries; recompute the statistics "
+                          "(delete the cached stats file) and check the corpus audio.")
+    w = torch.linalg.eigvalsh((C + C.T) / 2)
+    top = float(w.max())
+    if top <= 0:
+        raise EditorError(f"{where}: the key second moment is zero; the corpus gave no non-zero keys.")
+    if float(w.min()) <= rcond * top:
+        d = C.shape[0]
+        warnings.warn(
+            f"{where}: key second moment C is singular (eigenvalues {float(w.min()):.3g} .. {top:.3g}); using "
+            f"C + {lam:g}·(tr C/d)·I. Use a larger corpus to avoid this (docs/editors/rome.md).",
+            EditorWarning, stacklevel=3,
+        )
+        return C + lam * float(torch.trace(C)) / d * torch.eye(d, dtype=C.dtype, device=C.device)
+    return C
+
+
+class Rome(Editor):
+    """Rank-one edit of one ``mlp.down`` site per request (requests applied one after another)."""
+
+    name = "rome"
+    label = "ROME"
+    HParams = RomeHParams
+    accumulates = False
+
+    def check_sites(self, adapter: Any, sites: list[Site]) -> None:
+        require_mlp_down(self.name, adapter, sites, n=1)
+
+    def covariance(self, ctx: EditContext, site: Site) -> torch.Tensor | None:
+        if self.hparams.cov == "identity":
+            return None
+        key = f"rome.C:{site}:{self.hparams.cov_reg}:{self.hparams.cov_rcond}"
+        if key not in ctx.memo:
+            C = torch.from_numpy(key_stats(ctx, site).second_moment)
+            ctx.memo[key] = regularised(C, self.hparams.cov_reg, self.hparams.cov_rcond, f"rome at {site}")
+        return ctx.memo[key]
+
+    def _edit(self, ctx: EditContext, requests: list[EditRequest], sites: list[Site], handle: EditHandle,
+              inits: dict[int, torch.Tensor] | None = None) -> None:
+        records = [self.edit_one(ctx, r, sites[0], handle, (inits or {}).get(i)) for i, r in enumerate(requests)]
+        handle.info["requests"] = records
+
+    def edit_one(self, ctx: EditContext, req: EditRequest, site: Site, handle: EditHandle,
+                 init: torch.Tensor | None = None) -> dict[str, Any]:
+        """Compute k*, v* and apply ΔW at ``site`` for one request; returns diagnostics."""
+        hp, adapter = self.hparams, ctx.adapter
+        C = self.covariance(ctx, site)
+        prep = prepare(ctx, req)
+        name = req.span_name
+        k = pooled(ctx, prep, site.with_port("in"), name)  # k*: mean key over the subject word
+        kl = [(prepare_prompt(ctx, p, req.target_new), name) for p in req.kl_prompts]
+        u = k if C is None else torch.linalg.solve(C, k)  # ΔW ∝ δ uᵀ
+        res = optimise_delta(ctx, prep, site, name, steps=hp.steps, lr=hp.lr, weight_decay=hp.weight_decay,
+                             clamp_norm_factor=hp.clamp_norm_factor, kl_factor=hp.kl_factor, kl_preps=kl,
+                             init=init, stop_nll=hp.stop_nll, rank_one=(k, u) if hp.value_mode == "edit" else None)
+        module = adapter.module(ctx.model, site)
+        handle.track(site, module, adapter.module_path(site))
+        W = module.weight
+        v_star = W.detach().double() @ k + res.delta.double()  # v* = W k* + δ (the bias cancels)
+        dW = rank_one_update(W.detach(), k, v_star, C)
+        with torch.no_grad():
+            W.add_(dW.to(W.dtype))
+        err = float((W.detach().double() @ k - v_star).norm() / max(float(v_star.norm()), 1e-30))
+        return {"case_id": req.id, "site": str(site), "nll": res.nll, "p_new_at_v_star": res.p_new,
+                "k_norm": float(k.norm()), "v_norm": res.v0_norm, "delta_norm": res.delta_norm,
+                "dW_fro": float(dW.norm()), "rel_error_Wk_v": err}
+
+
+register(Rome)

@@ -1,0 +1,294 @@
+"""Editing evaluation on spoken prompts (paper §4, ROME's CounterFact protocol).
+
+* Efficacy (ES): % of edits where P(target_new) > P(target_true) on the edit prompt.
+* Paraphrase (PS): the same on the case's paraphrase prompts (per case: the fraction of its
+  paraphrases; then the mean over cases).
+* Neighbourhood (NS): % of neighbourhood prompts (other subjects, same relation and true object)
+  where P(true) > P(new) still holds (per case fraction, then mean over cases).
+* Score: the harmonic mean of ES, PS and NS.
+
+P(object) is the teacher-forced probability of the object's tokens, compared per token (mean
+log-probability, as ROME does), so multi-token objects of different lengths compare fairly.
+Single-layer modes reset the weights after every case (paper); multi-layer modes accumulate the
+edits and are scored once all are applied (``accumulate=``). Result files keep every case's
+probabilities before and after. See ``docs/usage/evaluation.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+from .editors.base import EditContext, Editor, EditorError, EditRequest
+from .inputs import DEFAULT_INSTRUCTION, build_inputs
+from .scoring import score_objects
+from .tracing.causal import SpokenPrompt
+
+RESULT_FILE = "result.json"
+FORMAT = 1
+
+
+# ---------------------------------------------------------------------------- cases
+@dataclass(frozen=True)
+class Probe:
+    """A prompt that is only scored: ``audio`` (or an ``item`` whose ``.audio`` is read on use),
+    its true object, and the instruction."""
+
+    id: str
+    target_true: str
+    audio_array: Any = None
+    item: Any = None
+    instruction: str = DEFAULT_INSTRUCTION
+
+    @property
+    def audio(self):
+        return self.audio_array if self.audio_array is not None else self.item.audio
+
+
+@dataclass(frozen=True)
+class EditCase:
+    """One CounterFact-style case: the edit request, its paraphrase probes (true object =
+    the request's) and its neighbourhood probes (their own true object, which must survive)."""
+
+    request: EditRequest
+    paraphrases: tuple[Probe, ...] = ()
+    neighbours: tuple[Probe, ...] = ()
+
+    @property
+    def case_id(self) -> str:
+        return self.request.id
+
+
+def cases_from_benchmark(bench: Any, *, word: str = "last", rendition: str | None = None,
+                         limit: int | None = None, fact_ids: Sequence[str] | None = None,
+                         instruction: str = DEFAULT_INSTRUCTION) -> list[EditCase]:
+    """One case per fact with a ``prompt`` item in ``rendition`` (default: the benchmark's first)
+    and a target_new. Paraphrases and neighbourhood prompts: all renditions."""
+    rend = rendition or (str(bench.renditions[0]) if bench.renditions else None)
+    by_fact: dict[str, dict[str, list]] = {}
+    for it in bench:
+        by_fact.setdefault(it.fact_id, {}).setdefault(it.form, []).append(it)
+    wanted = list(fact_ids) if fact_ids is not None else list(by_fact)
+    cases = []
+    for fid in wanted:
+        forms = by_fact.get(fid, {})
+        prompts = [it for it in forms.get("prompt", []) if rend is None or str(it.rendition) == rend]
+        if not prompts or not prompts[0].target_new:
+            continue
+        p = prompts[0]
+        kl = [it for it in forms.get("subject", []) if str(it.rendition) == str(p.rendition)]
+        req = EditRequest.from_item(p, word=word, kl_items=kl[:1], instruction=instruction)
+        para = tuple(Probe(it.item_id, it.target_true, item=it, instruction=instruction) for it in forms.get("paraphrase", []))
+        neigh = tuple(Probe(it.item_id, it.target_true, item=it, instruction=instruction)
+                      for it in forms.get("neighbourhood", []))
+        cases.append(EditCase(req, para, neigh))
+        if limit is not None and len(cases) >= limit:
+            break
+    return cases
+
+
+# ---------------------------------------------------------------------------- scoring
+def score_pairs(ctx: EditContext, probes: Sequence[Any], new: Sequence[str], true: Sequence[str], *,
+                batch_size: int = 16) -> list[tuple[float, float]]:
+    """(mean-token log P(new), mean-token log P(true)) for each probe (anything with ``.audio`` and
+    ``.instruction``), ``batch_size`` probes per forward."""
+    out: list[tuple[float, float]] = []
+    for i in range(0, len(probes), batch_size):
+        part = probes[i:i + batch_size]
+        batch = build_inputs(ctx.processor, ctx.adapter, [p.audio for p in part],
+                             instruction=[p.instruction for p in part])
+        rows = [r for r in range(len(part)) for _ in (0, 1)]
+        objs = [o for j in range(len(part)) for o in (new[i + j], true[i + j])]
+        s = score_objects(ctx.model, ctx.adapter, batch.select(rows), objs)
+        mean = [float(t) / len(ids) for t, ids in zip(s.total, s.token_ids)]
+        out += [(mean[2 * j], mean[2 * j + 1]) for j in range(len(part))]
+    return out
+
+
+def score_case(ctx: EditContext, case: EditCase) -> dict[str, Any]:
+    """Probabilities (mean-token log-probs and P) of new and true objects on every prompt of a case."""
+    r = case.request
+    probes = [r.prompt, *case.paraphrases, *case.neighbours]
+    new = [r.target_new] * len(probes)
+    true = [r.target_true] * (1 + len(case.paraphrases)) + [n.target_true for n in case.neighbours]
+    lp = score_pairs(ctx, probes, new, true)
+
+    def rec(i: int) -> dict[str, Any]:
+        return {"id": probes[i].id, "logp_new": lp[i][0], "logp_true": lp[i][1],
+                "p_new": math.exp(lp[i][0]), "p_true": math.exp(lp[i][1])}
+
+    k = 1 + len(case.paraphrases)
+    return {"edit": rec(0), "paraphrase": [rec(i) for i in range(1, k)],
+            "neighbourhood": [rec(i) for i in range(k, len(probes))]}
+
+
+# ---------------------------------------------------------------------------- metrics
+def harmonic_mean(*xs: float) -> float:
+    """Harmonic mean (0 if any value is 0)."""
+    if any(x <= 0 for x in xs):
+        return 0.0
+    return len(xs) / sum(1.0 / x for x in xs)
+
+
+def case_success(scores: dict[str, Any]) -> dict[str, float | None]:
+    """Per-case ES (0/1), PS and NS (fractions; ``None`` when the case has no such prompts)."""
+    es = float(scores["edit"]["logp_new"] > scores["edit"]["logp_true"])
+    para = scores["paraphrase"]
+    neigh = scores["neighbourhood"]
+    ps = sum(p["logp_new"] > p["logp_true"] for p in para) / len(para) if para else None
+    ns = sum(n["logp_true"] > n["logp_new"] for n in neigh) / len(neigh) if neigh else None
+    return {"es": es, "ps": ps, "ns": ns}
+
+
+def summarise(records: Sequence[dict[str, Any]], when: str = "after") -> dict[str, Any]:
+    """ES, PS, NS (percent, mean over cases that have such prompts) and Score = HM(ES, PS, NS)."""
+    ok = [r for r in records if when in r]
+    succ = [case_success(r[when]) for r in ok]
+
+    def mean(key: str) -> float | None:
+        vals = [s[key] for s in succ if s[key] is not None]
+        return 100.0 * sum(vals) / len(vals) if vals else None
+
+    es, ps, ns = mean("es"), mean("ps"), mean("ns")
+    parts = [x for x in (es, ps, ns) if x is not None]
+    score = harmonic_mean(*parts) if parts else None
+    return {"ES": es, "PS": ps, "NS": ns, "Score": score, "n_cases": len(ok)}
+
+
+# ---------------------------------------------------------------------------- runs
+@dataclass
+class RunResult:
+    """What :func:`run` produced; ``save(dir)`` writes ``dir/result.json``."""
+
+    method: str
+    label: str
+    sites: list[str]
+    hparams: dict[str, Any]
+    accumulate: bool
+    records: list[dict[str, Any]]
+    edits: list[dict[str, Any]]
+    summary: dict[str, Any]
+    baseline: dict[str, Any]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def mod(self) -> str:
+        return modality(self.sites)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"format": FORMAT, "method": self.method, "label": self.label, "mod": self.mod,
+                "sites": self.sites, "hparams": self.hparams, "accumulate": self.accumulate,
+                "summary": self.summary, "baseline": self.baseline, "meta": self.meta,
+                "cases": self.records, "edits": self.edits}
+
+    def save(self, out: "str | Path") -> Path:
+        from .bench.store import atomic_write_json
+
+        path = Path(out) / RESULT_FILE
+        atomic_write_json(path, self.to_json())
+        return path
+
+
+def modality(sites: Sequence[str]) -> str:
+    streams = {s.split(".")[0] for s in sites}
+    if streams == {"audio"}:
+        return "Audio"
+    if streams == {"text"}:
+        return "Text"
+    return "Audio→Text"
+
+
+def run(editor: Editor, ctx: EditContext, cases: Sequence[EditCase], *, accumulate: bool | None = None,
+        meta: dict[str, Any] | None = None, progress: Callable[[str], None] | None = None) -> RunResult:
+    """Score every case before editing, edit, score after. ``accumulate=False``: edit, score and
+    revert case by case; ``True``: apply all edits in order (no reset), score all, then revert all.
+    Default: the editor's own mode (single-layer reset, multi-layer accumulate). A case whose edit
+    raises :class:`EditorError` is recorded with its error and left out of the metrics."""
+    acc = editor.accumulates if accumulate is None else bool(accumulate)
+    say = progress or (lambda s: None)
+    editor.reset()
+    records: list[dict[str, Any]] = []
+    edits: list[dict[str, Any]] = []
+    handles = []
+    t0 = time.time()
+    edit_s = 0.0
+    for case in cases:
+        records.append({"case_id": case.case_id, "request": case.request.to_json(), "before": score_case(ctx, case)})
+    try:
+        for i, (case, rec) in enumerate(zip(cases, records)):
+            t = time.time()
+            try:
+                h = editor.apply(ctx, case.request)
+            except EditorError as err:
+                rec["error"] = str(err)
+                say(f"[{i + 1}/{len(cases)}] {case.case_id}: edit failed: {str(err).splitlines()[0]}")
+                continue
+            edit_s += time.time() - t
+            edits.append({"case_id": case.case_id, **h.to_json()})
+            if acc:
+                handles.append(h)
+            else:
+                try:
+                    rec["after"] = score_case(ctx, case)
+                finally:
+                    h.revert()
+                edits[-1]["reverted"] = True
+                say(f"[{i + 1}/{len(cases)}] {case.case_id}: {case_success(rec['after'])}")
+        if acc:
+            for case, rec in zip(cases, records):
+                if "error" not in rec:
+                    rec["after"] = score_case(ctx, case)
+    finally:
+        for h in reversed(handles):
+            h.revert()
+    for rec in records:
+        for when in ("before", "after"):
+            if when in rec:
+                rec[f"success_{when}"] = case_success(rec[when])
+    summary = summarise(records, "after")
+    baseline = summarise(records, "before")
+    info = {"n_cases": len(cases), "n_failed": sum("error" in r for r in records),
+            "edit_seconds": edit_s, "total_seconds": time.time() - t0, **(meta or {})}
+    return RunResult(editor.name, editor.label, [str(s) for s in editor.describe()["sites"]],
+                     editor.describe()["hparams"], acc, records, edits, summary, baseline, info)
+
+
+# ---------------------------------------------------------------------------- table
+def load_result(path: "str | Path") -> dict[str, Any]:
+    p = Path(path)
+    if p.is_dir():
+        p = p / RESULT_FILE
+    if not p.is_file():
+        raise EditorError(f"no result file at {p}; expected a folder written by `lalm-interp edit run --out DIR`.")
+    try:
+        return json.loads(p.read_text("utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise EditorError(f"cannot read result file {p}: {err}. Rerun `lalm-interp edit run` to rewrite it.") from err
+
+
+def _fmt(x: float | None) -> str:
+    return "–" if x is None else f"{x:.2f}"
+
+
+def table(results: Sequence[dict[str, Any]]) -> str:
+    """A Markdown table in the paper's Table-1 shape (Mod., Method, Score, ES, PS, NS), with one
+    "Unedited" row per distinct (model, benchmark) first."""
+    lines = ["| Mod. | Method | Score | ES | PS | NS |", "|---|---|---|---|---|---|"]
+    seen = set()
+    for r in results:
+        key = (r.get("meta", {}).get("model"), r.get("meta", {}).get("bench"))
+        if key in seen:
+            continue
+        seen.add(key)
+        b = r["baseline"]
+        lines.append(f"| – | Unedited | {_fmt(b['Score'])} | {_fmt(b['ES'])} | {_fmt(b['PS'])} | {_fmt(b['NS'])} |")
+    for r in results:
+        s = r["summary"]
+        lines.append(f"| {r['mod']} | {r['label']} | {_fmt(s['Score'])} | {_fmt(s['ES'])} | {_fmt(s['PS'])} | {_fmt(s['NS'])} |")
+    return "\n".join(lines)

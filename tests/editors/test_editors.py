@@ -1,0 +1,215 @@
+"""Every editor on a tiny random Qwen2-Audio (6 audio + 6 text layers, random weights — it knows no
+facts, so these tests check that edits move P(target_new) up, revert bitwise, and fail cleanly)."""
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from lalm_interp.cache import Store
+from lalm_interp.editors import (EditContext, Editor, EditorError, EditorWarning, EditRequest, KeyCorpus, available,
+                                 make, register)
+from lalm_interp.editors import alphaedit as alphaedit_mod
+from lalm_interp.inputs import build_inputs
+from lalm_interp.scoring import score_objects
+from lalm_interp.tracing import SpokenPrompt
+
+WORDS = (("Metropolitan", 0.0, 0.765), ("France's", 0.765, 1.270), ("capital", 1.270, 1.785), ("is", 1.785, 1.943))
+
+
+def noise(seconds, seed):
+    return (0.3 * np.random.default_rng(seed).standard_normal(int(seconds * 16000))).astype(np.float32)
+
+
+def request(seed=0, new="Seattle", true="Paris", word="first", subject=(0, 1)):
+    return EditRequest(SpokenPrompt(f"ex{seed}", noise(1.95, seed), WORDS, subject, true), new, word)
+
+
+@pytest.fixture(scope="module")
+def ctx(tiny_deep, tmp_path_factory):
+    model, processor, adapter = tiny_deep
+    clips = [noise(2.5, 100 + i) for i in range(4)]
+    store = Store(tmp_path_factory.mktemp("cache"))
+    return EditContext(model, processor, adapter, store=store, corpus=KeyCorpus("noise:4", clips))
+
+
+def snapshot(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def same(model, snap):
+    return all(torch.equal(v, snap[k]) for k, v in model.state_dict().items())
+
+
+def p_new(ctx, req):
+    b = build_inputs(ctx.processor, ctx.adapter, [req.prompt.audio])
+    return float(score_objects(ctx.model, ctx.adapter, b, [req.target_new]).total[0].exp())
+
+
+def no_hooks(model):
+    return all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
+
+
+EDITS = [
+    ("rome", "audio.layers.2.mlp.down"),
+    ("rome", "text.layers.2.mlp.down"),
+    ("crossmodal", ["audio.layers.2", "text.layers.2"]),
+    ("alphaedit", "text.layers.1:4.mlp.down"),
+    ("alphaedit", "audio.layers.1:4"),
+    ("crossmodal-alphaedit", ["audio.layers.1:3", "text.layers.1:3"]),
+    ("finetune", "text.layers.2.mlp.down"),
+]
+
+
+@pytest.mark.parametrize("method,site", EDITS, ids=[f"{m}-{s}" for m, s in EDITS])
+def test_edit_raises_p_new_and_reverts_bitwise(ctx, method, site):
+    model = ctx.model
+    req = request()
+    snap, flags = snapshot(model), [p.requires_grad for p in model.parameters()]
+    before = p_new(ctx, req)
+    handle = make(method, site).apply(ctx, req)
+    after = p_new(ctx, req)
+    assert after > before, (before, after)
+    assert not same(model, snap)
+    assert handle.changes and all(c["delta_fro"] > 0 for c in handle.changes)
+    if method in ("rome", "crossmodal", "alphaedit", "crossmodal-alphaedit"):
+        assert all(c["delta_rank"] == 1 for c in handle.changes)  # one request: rank one per layer
+    assert handle.to_json()["hparams"]
+    handle.revert()
+    assert same(model, snap)
+    assert [p.requires_grad for p in model.parameters()] == flags
+    assert no_hooks(model)
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_rome_update_satisfies_w_k_equals_v_star(ctx):
+    snap = snapshot(ctx.model)
+    for cov in ("second_moment", "identity"):
+        h = make("rome", "text.layers.3.mlp.down", cov=cov).apply(ctx, request(1))
+        assert h.info["requests"][0]["rel_error_Wk_v"] < 1e-5
+        h.revert()
+    assert same(ctx.model, snap)
+
+
+def test_sequential_alphaedit_accumulates_and_reverts_bitwise(ctx):
+    model = ctx.model
+    snap = snapshot(model)
+    ed = make("alphaedit", "text.layers.2:4.mlp.down")
+    handles = [ed.apply(ctx, request(s, new=n)) for s, n in ((2, "Seattle"), (3, "guitar"), (4, "French"))]
+    assert ed.n_edited == 3 and set(ed.kp) == {"text.layers.2.mlp.down", "text.layers.3.mlp.down"}
+    assert handles[2].info["n_previous_edits"] == 2
+    # the second edit's keys are protected by the third edit (K_p): edit 2's key moves little
+    for h in reversed(handles):
+        h.revert()
+    assert same(model, snap)
+    ed.reset()
+    assert ed.kp == {} and ed.n_edited == 0
+
+
+def test_failure_mid_edit_leaves_model_and_state_untouched(ctx, monkeypatch):
+    snap = snapshot(ctx.model)
+    ed = make("alphaedit", "text.layers.1:4.mlp.down")
+    real, calls = alphaedit_mod.null_space_update, []
+
+    def flaky(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("boom")
+        return real(*a, **k)
+
+    monkeypatch.setattr(alphaedit_mod, "null_space_update", flaky)
+    with pytest.raises(RuntimeError, match="boom"):
+        ed.apply(ctx, request(5))
+    assert same(ctx.model, snap)
+    assert ed.kp == {} and ed.n_edited == 0
+    assert no_hooks(ctx.model)
+
+
+@pytest.mark.parametrize("bad,match", [
+    (dict(new="Paris"), "equals target_true"),
+    (dict(new="   "), "cannot be scored"),
+    (dict(word="middle"), "word="),
+    (dict(subject=(2, 7)), "subject word range"),
+])
+def test_bad_requests_are_clear_errors_and_touch_nothing(ctx, bad, match):
+    snap = snapshot(ctx.model)
+    with pytest.raises(EditorError, match=match) as e:
+        make("rome", "text.layers.1.mlp.down").apply(ctx, request(6, **bad))
+    assert "docs/errors/editors.md" in str(e.value)
+    assert same(ctx.model, snap)
+
+
+def test_word_outside_the_audio_is_a_clear_error(ctx):
+    snap = snapshot(ctx.model)
+    # timings of a longer clip: the subject word "is" (1.785 s) lies after the 1.2 s of audio
+    req = EditRequest(SpokenPrompt("short", noise(1.2, 7), WORDS, (3, 3), "Paris"), "Seattle", "last")
+    with pytest.raises(EditorError, match="span"):
+        make("rome", "audio.layers.1.mlp.down").apply(ctx, req)
+    assert same(ctx.model, snap)
+
+
+@pytest.mark.parametrize("method,site", [("rome", "text.layers.1.attn"), ("alphaedit", "audio.layers.1.resid"),
+                                         ("rome", "text.layers.0:2.mlp.down"), ("crossmodal", "audio.layers.1"),
+                                         ("finetune", "text.layers.1.attn"), ("rome", "text.layers.99.mlp.down")])
+def test_sites_an_editor_cannot_edit(ctx, method, site):
+    snap = snapshot(ctx.model)
+    with pytest.raises(EditorError):
+        make(method, site).apply(ctx, request(8))
+    assert same(ctx.model, snap)
+
+
+def test_singular_second_moment_warns_and_still_edits(tiny_deep):
+    model, processor, adapter = tiny_deep
+    snap = snapshot(model)
+    one = EditContext(model, processor, adapter, corpus=KeyCorpus("one-short-clip", [noise(0.3, 9)]))
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        h = make("rome", "audio.layers.3.mlp.down").apply(one, request(9))
+    assert any(issubclass(x.category, EditorWarning) for x in w)
+    assert h.info["requests"][0]["rel_error_Wk_v"] < 1e-5
+    h.revert()
+    assert same(model, snap)
+
+
+def test_hparams_are_validated():
+    with pytest.raises(EditorError, match="unknown hyper-parameter"):
+        make("rome", "text.layers.1.mlp.down", stepz=3)
+    with pytest.raises(EditorError, match="cov"):
+        make("rome", "text.layers.1.mlp.down", cov="diag")
+
+
+def test_statistics_are_cached_in_the_store(ctx):
+    site = "text.layers.4.mlp.down@in"
+    h = make("rome", "text.layers.4.mlp.down").apply(ctx, request(10))
+    h.revert()
+    assert any(s["site"] == site for s in ctx.store.stats())
+
+    class Boom(list):
+        def __getitem__(self, i):
+            raise AssertionError("statistics were recomputed instead of read from the cache")
+
+    fresh = EditContext(ctx.model, ctx.processor, ctx.adapter, store=ctx.store,
+                        corpus=KeyCorpus("noise:4", Boom([0])), fingerprint=ctx.fingerprint)
+    from lalm_interp.editors.keys import key_stats
+
+    a, b = key_stats(fresh, site), key_stats(ctx, site)
+    assert a.count == b.count and np.allclose(a.second_moment, b.second_moment)
+
+
+def test_registry_takes_third_party_editors(ctx):
+    class Noop(Editor):
+        name = "noop-test"
+        HParams = type("H", (), {})
+
+        def check_sites(self, adapter, sites):
+            pass
+
+        def _edit(self, ctx, requests, sites, handle):
+            handle.info["n"] = len(requests)
+
+    register(Noop)
+    assert available()["noop-test"] is Noop
+    assert make("noop-test", "text.layers.0.mlp.down").apply(ctx, request(11)).info["n"] == 1
+    with pytest.raises(EditorError, match="no editor named"):
+        make("nope", "text.layers.0")
