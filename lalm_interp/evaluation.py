@@ -26,7 +26,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from .editors.base import EditContext, Editor, EditorError, EditRequest
-from .inputs import DEFAULT_INSTRUCTION, build_inputs
+from .inputs import DEFAULT_INSTRUCTION, build_inputs, window_samples
 from .scoring import score_objects
 from .tracing.causal import SpokenPrompt
 
@@ -97,17 +97,22 @@ def cases_from_benchmark(bench: Any, *, word: str = "last", rendition: str | Non
 def score_pairs(ctx: EditContext, probes: Sequence[Any], new: Sequence[str], true: Sequence[str], *,
                 batch_size: int = 16) -> list[tuple[float, float]]:
     """(mean-token log P(new), mean-token log P(true)) for each probe (anything with ``.audio`` and
-    ``.instruction``), ``batch_size`` probes per forward."""
-    out: list[tuple[float, float]] = []
-    for i in range(0, len(probes), batch_size):
-        part = probes[i:i + batch_size]
-        batch = build_inputs(ctx.processor, ctx.adapter, [p.audio for p in part],
-                             instruction=[p.instruction for p in part])
+    ``.instruction``), ``batch_size`` probes per forward; ``None`` for a probe whose audio is longer
+    than the encoder window (it cannot be scored without truncation)."""
+    window = window_samples(ctx.adapter)
+    audios = [p.audio for p in probes]
+    fits = [i for i, a in enumerate(audios) if len(a) <= window]
+    out: list[tuple[float, float] | None] = [None] * len(probes)
+    for s0 in range(0, len(fits), batch_size):
+        part = fits[s0:s0 + batch_size]
+        batch = build_inputs(ctx.processor, ctx.adapter, [audios[i] for i in part],
+                             instruction=[probes[i].instruction for i in part])
         rows = [r for r in range(len(part)) for _ in (0, 1)]
-        objs = [o for j in range(len(part)) for o in (new[i + j], true[i + j])]
+        objs = [o for i in part for o in (new[i], true[i])]
         s = score_objects(ctx.model, ctx.adapter, batch.select(rows), objs)
         mean = [float(t) / len(ids) for t, ids in zip(s.total, s.token_ids)]
-        out += [(mean[2 * j], mean[2 * j + 1]) for j in range(len(part))]
+        for j, i in enumerate(part):
+            out[i] = (mean[2 * j], mean[2 * j + 1])
     return out
 
 
@@ -120,6 +125,8 @@ def score_case(ctx: EditContext, case: EditCase) -> dict[str, Any]:
     lp = score_pairs(ctx, probes, new, true)
 
     def rec(i: int) -> dict[str, Any]:
+        if lp[i] is None:
+            return {"id": probes[i].id, "skipped": "audio longer than the encoder window"}
         return {"id": probes[i].id, "logp_new": lp[i][0], "logp_true": lp[i][1],
                 "p_new": math.exp(lp[i][0]), "p_true": math.exp(lp[i][1])}
 
@@ -137,10 +144,11 @@ def harmonic_mean(*xs: float) -> float:
 
 
 def case_success(scores: dict[str, Any]) -> dict[str, float | None]:
-    """Per-case ES (0/1), PS and NS (fractions; ``None`` when the case has no such prompts)."""
-    es = float(scores["edit"]["logp_new"] > scores["edit"]["logp_true"])
-    para = scores["paraphrase"]
-    neigh = scores["neighbourhood"]
+    """Per-case ES (0/1), PS and NS (fractions; ``None`` when the case has no such (scorable) prompts)."""
+    e = scores["edit"]
+    es = float(e["logp_new"] > e["logp_true"]) if "logp_new" in e else None
+    para = [p for p in scores["paraphrase"] if "logp_new" in p]
+    neigh = [n for n in scores["neighbourhood"] if "logp_new" in n]
     ps = sum(p["logp_new"] > p["logp_true"] for p in para) / len(para) if para else None
     ns = sum(n["logp_true"] > n["logp_new"] for n in neigh) / len(neigh) if neigh else None
     return {"es": es, "ps": ps, "ns": ns}

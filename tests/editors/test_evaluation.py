@@ -1,0 +1,100 @@
+"""ES/PS/NS runs on the tiny random model (which knows no facts: these check the protocol — scores
+before/after kept per case, reset vs accumulate, weights restored — not editing quality), and the
+``edit run`` / ``eval table`` commands on a real espeak-ng benchmark."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from lalm_interp.editors import EditContext, EditRequest, KeyCorpus, make
+from lalm_interp.evaluation import EditCase, Probe, run, score_case, summarise
+from lalm_interp.tracing import SpokenPrompt
+
+WORDS = (("Metropolitan", 0.0, 0.765), ("France's", 0.765, 1.270), ("capital", 1.270, 1.785), ("is", 1.785, 1.943))
+
+
+def noise(seconds, seed):
+    return (0.3 * np.random.default_rng(seed).standard_normal(int(seconds * 16000))).astype(np.float32)
+
+
+def case(seed, new):
+    req = EditRequest(SpokenPrompt(f"c{seed}", noise(1.95, seed), WORDS, (0, 1), "Paris"), new, "last", f"case{seed}")
+    return EditCase(req, (Probe(f"p{seed}", "Paris", noise(1.8, seed + 50)), Probe(f"long{seed}", "Paris", noise(5.0, 1))),
+                    (Probe(f"n{seed}", "Seattle" if new != "Seattle" else "guitar", noise(1.7, seed + 90)),))
+
+
+@pytest.fixture(scope="module")
+def ctx(tiny_deep):
+    model, processor, adapter = tiny_deep
+    return EditContext(model, processor, adapter, corpus=KeyCorpus("noise:3", [noise(2.5, 200 + i) for i in range(3)]))
+
+
+def state(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("method,site,acc", [("rome", "text.layers.3.mlp.down", None),
+                                             ("alphaedit", "text.layers.2:4.mlp.down", None),
+                                             ("rome", "audio.layers.2.mlp.down", True)])
+def test_run_keeps_per_case_records_and_restores_the_model(ctx, method, site, acc):
+    snap = state(ctx.model)
+    cases = [case(1, "Seattle"), case(2, "guitar")]
+    ed = make(method, site)
+    res = run(ed, ctx, cases, accumulate=acc)
+    assert all(torch.equal(v, snap[k]) for k, v in ctx.model.state_dict().items())
+    assert res.accumulate == (ed.accumulates if acc is None else acc)
+    assert len(res.records) == 2 and len(res.edits) == 2
+    for rec in res.records:
+        b, a = rec["before"], rec["after"]
+        assert b["edit"]["p_new"] != a["edit"]["p_new"]  # probabilities before and after are both kept
+        if not res.accumulate:  # scored right after its own edit (accumulated: after all edits)
+            assert a["edit"]["logp_new"] > b["edit"]["logp_new"]
+        assert a["paraphrase"][1]["skipped"]  # 5 s of audio does not fit the 4 s window: skipped, not truncated
+    assert res.summary == summarise(res.records) and res.baseline == summarise(res.records, "before")
+    out = res.to_json()
+    assert out["mod"] == ("Text" if site.startswith("text") else "Audio")
+    json.dumps(out)  # serialisable
+
+
+def test_accumulated_scores_differ_from_reset_scores(ctx):
+    """Sequential (accumulated) editing scores case 1 with case 2's edit also applied."""
+    cases = [case(3, "Seattle"), case(4, "Seattle")]
+    ed = make("rome", "text.layers.3.mlp.down", cov="identity")
+    a = run(ed, ctx, cases, accumulate=False).records[0]["after"]["edit"]["logp_new"]
+    b = run(ed, ctx, cases, accumulate=True).records[0]["after"]["edit"]["logp_new"]
+    assert a != b
+
+
+def test_failed_case_is_recorded_and_skipped(ctx):
+    bad = EditCase(EditRequest(SpokenPrompt("b", noise(1.95, 5), WORDS, (0, 1), "Paris"), "Paris", "last", "bad"))
+    res = run(make("rome", "text.layers.3.mlp.down"), ctx, [bad, case(6, "guitar")])
+    assert "equals target_true" in res.records[0]["error"]
+    assert res.summary["n_cases"] == 1 and res.meta["n_failed"] == 1
+
+
+def test_cli_edit_run_and_eval_table(tiny_deep, tmp_path, capsys):
+    pytest.importorskip("espeakng_loader")
+    from lalm_interp.bench import build, load_facts
+    from lalm_interp.cli import main
+
+    model, processor, _ = tiny_deep
+    model.save_pretrained(tmp_path / "model")
+    processor.save_pretrained(tmp_path / "model")
+    build(load_facts("counterfact", limit=2), tmp_path / "bench", renditions=1, max_paraphrases=1,
+          max_neighbours=1, workers=1, progress=False)
+    rc = main(["edit", "run", "--model", str(tmp_path / "model"), "--bench", str(tmp_path / "bench"), "--method", "rome",
+               "--site", "text.layers.2", "--word", "last", "--hparam", "cov=\"identity\"", "--hparam", "steps=3",
+               "--out", str(tmp_path / "run"), "--cache", str(tmp_path / "cache"), "--quiet", "--threads", "1"])
+    assert rc == 0
+    res = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert res["method"] == "rome" and res["hparams"]["steps"] == 3 and res["hparams"]["cov"] == "identity"
+    assert len(res["cases"]) == 2 and all("before" in c and "after" in c for c in res["cases"])
+    capsys.readouterr()
+    assert main(["eval", "table", "--runs", str(tmp_path / "run")]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0] == "| Mod. | Method | Score | ES | PS | NS |"
+    assert lines[2].startswith("| – | Unedited |") and lines[3].startswith("| Text | ROME |")
+    assert main(["edit", "run", "--model", str(tmp_path / "model"), "--bench", str(tmp_path / "bench"),
+                 "--method", "rome", "--site", "text.layers.2.attn", "--out", str(tmp_path / "x"), "--quiet"]) == 2
