@@ -146,13 +146,15 @@ def build_inputs(
     old_side = tok.padding_side
     tok.padding_side = "left"
     try:
+        # padding applies to the text only: the mel features keep the processor's own padding to the
+        # encoder window (a top-level padding=True would pad AudioFlamingo3's features to the longest clip)
         enc = processor(
-            text=texts, audio=clips, sampling_rate=sample_rate, return_tensors="pt", padding=True
+            text=texts, audio=clips, sampling_rate=sample_rate, return_tensors="pt", text_kwargs={"padding": True}
         )
     finally:
         tok.padding_side = old_side
     fe = processor.feature_extractor
-    expected = 2 * int(adapter.config.audio_config.max_source_positions)
+    expected = adapter.window_mel
     if enc["input_features"].shape[-1] != expected:
         raise AudioInputError(
             f"the processor's feature extractor makes {enc['input_features'].shape[-1]} mel frames but the "
@@ -166,15 +168,26 @@ def build_inputs(
         "input_ids": enc["input_ids"],
         "attention_mask": mask,
         "input_features": enc["input_features"],
-        "feature_attention_mask": enc["feature_attention_mask"],
-        "position_ids": position_ids,
     }
-    n_mel = [int(v) for v in enc["feature_attention_mask"].sum(-1)]
+    mask_key = adapter.spec.feature_mask_key
     chain = adapter.rate_chain
+    if mask_key is not None:
+        if mask_key not in enc:
+            raise AudioInputError(
+                f"the processor returned no {mask_key!r} (got {sorted(enc.keys())}); {adapter.name} needs the "
+                "mel-frame mask. Use the processor the adapter was written for.",
+                page="adapters",
+            )
+        inputs[mask_key] = enc[mask_key]
+        n_mel = [int(v) for v in enc[mask_key].sum(-1)]
+    else:  # the model takes no mask (Voxtral, SALMONN): real frames from the sample count
+        n_mel = [min(chain.mel_frames(c.size), expected) for c in clips]
+    inputs["position_ids"] = position_ids
+    llm = chain.llm_stage
     starts, counts = [], []
     for row, nm in zip(enc["input_ids"], n_mel):
         s, n = adapter.audio_slots(row)
-        want = chain.valid("token", nm) if "token" in chain.names else n
+        want = chain.valid(llm, expected if adapter.spec.audio_positions == "window" else nm)
         if n != want:
             raise AudioInputError(
                 f"processor expanded {n} audio ids but {nm} mel frames give {want} audio tokens; "

@@ -7,6 +7,12 @@ word is assigned to frames; receptive fields of convolutions are wider, see
 ``docs/gotchas/frame-rates.md``), and a padded input of ``n`` previous frames yields
 ``(n + 2*padding - kernel) // stride + 1`` valid frames.
 
+A ``partial`` stage counts every frame whose cell holds at least one valid previous frame
+(``ceil(n / stride)``): for models that splice the whole padded window into the LLM (Voxtral's 4-frame
+groups, SALMONN's 17-frame Q-Former windows), the frame holding the last real audio is a real
+position. With ``RateChain.window_mel`` set, counts never exceed the frames of the full window
+(SALMONN drops the 4 tail frames of 1500 that do not fill a 17-frame window: 88 windows for 30 s).
+
 Qwen2-Audio: mel 100/s → conv2 (k3 s2 p1) 50/s → avg-pool (k2 s2) 25/s, so ``L`` valid mel frames
 give ``((L-1)//2 + 1 - 2)//2 + 1`` LLM audio tokens (3 s → 300 → 150 → 75).
 """
@@ -27,15 +33,26 @@ class Stage:
     stride: previous-stage frames per frame of this stage (1 for the first stage).
     kernel: window length in previous-stage frames (for the valid-count formula).
     padding: zero padding on each side, in previous-stage frames (for the valid-count formula).
+    partial: count a frame as valid when its stride cell holds any valid previous frame
+        (``ceil(n_prev / stride)``) instead of the kernel formula; see the module docstring.
     """
 
     name: str
     stride: int = 1
     kernel: int = 1
     padding: int = 0
+    partial: bool = False
 
     def count(self, n_prev: int) -> int:
         """Valid frames of this stage produced from ``n_prev`` valid previous frames."""
+        if n_prev <= 0:
+            return 0
+        if self.partial:
+            return -(-n_prev // self.stride)
+        return self.full_count(n_prev)
+
+    def full_count(self, n_prev: int) -> int:
+        """Frames this stage computes from ``n_prev`` input frames (the kernel formula)."""
         if n_prev <= 0:
             return 0
         return max(0, (n_prev + 2 * self.padding - self.kernel) // self.stride + 1)
@@ -48,11 +65,14 @@ class RateChain:
     sample_rate: audio samples per second the feature extractor expects (Hz).
     hop: samples between consecutive mel frames.
     stages: the stages after seconds; ``stages[0]`` is the mel frontend (stride 1).
+    window_mel: mel frames of the padded encoder window; caps valid counts at the frames the
+        model computes for a full window (``None``: no cap — the stages' own formulas suffice).
     """
 
     sample_rate: int
     hop: int
     stages: tuple[Stage, ...]
+    window_mel: int | None = None
 
     # ------------------------------------------------------------------ basics
     @property
@@ -64,6 +84,11 @@ class RateChain:
             return self.names.index(stage)
         except ValueError:
             raise SpanError(f"unknown rate stage {stage!r}; this chain has {list(self.names)}.") from None
+
+    @property
+    def llm_stage(self) -> str:
+        """The stage whose frames are LLM audio positions: ``token`` when present, else the last."""
+        return "token" if "token" in self.names else self.names[-1]
 
     @property
     def mel_rate(self) -> float:
@@ -90,9 +115,14 @@ class RateChain:
 
     def valid(self, stage: str, n_mel: int) -> int:
         """Valid frames of ``stage`` for ``n_mel`` valid mel frames."""
-        n = n_mel
+        n, w = n_mel, self.window_mel
+        if w is not None:
+            n = min(n, w)
         for s in self.stages[1 : self.index(stage) + 1]:
             n = s.count(n)
+            if w is not None:
+                w = s.full_count(w)
+                n = min(n, w)
         return n
 
     # ------------------------------------------------------------------ maps

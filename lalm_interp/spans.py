@@ -131,7 +131,7 @@ class PositionMap:
         i, j = rng
         t0, t1 = self.words[i].start_s, self.words[j].end_s
         if stage == SEQ:
-            a, b = self.chain.seconds_to_span("token", t0, t1, self.n_mel)
+            a, b = self.chain.seconds_to_span(self.chain.llm_stage, t0, t1, self.n_mel)
             return (self.audio_start + a, self.audio_start + b)
         return self.chain.seconds_to_span(stage, t0, t1, self.n_mel)
 

@@ -82,4 +82,13 @@ from .qwen2_audio import ADAPTER as QWEN2_AUDIO  # noqa: E402
 
 register(QWEN2_AUDIO)
 
+
+from .audioflamingo3 import ADAPTER as AUDIOFLAMINGO3  # noqa: E402
+from .salmonn import ADAPTER as SALMONN  # noqa: E402
+from .voxtral import ADAPTER as VOXTRAL  # noqa: E402
+
+register(VOXTRAL)
+register(AUDIOFLAMINGO3)
+register(SALMONN)
+
 __all__ = ["Adapter", "AdapterSpec", "Component", "register", "get", "available", "for_config", "for_model"]

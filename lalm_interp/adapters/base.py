@@ -26,6 +26,7 @@ TENSOR = "tensor"
 BTC = "btc"  # (batch, time, channels)
 BCT = "bct"  # (batch, channels, time) — e.g. Conv1d outputs
 SEQ = "seq"  # stage name of LLM sequence positions
+WINDOWS = "windows"  # (batch * windows, queries, channels) — a windowed Q-Former (SALMONN)
 
 
 @dataclass(frozen=True)
@@ -34,12 +35,17 @@ class Component:
 
     module: module path from the HF model root; ``{i}`` is replaced by the layer index.
     out: ``"tensor"`` when the module returns a tensor, ``"tuple0"`` when the value is ``output[0]``.
-    layout: ``"btc"`` (batch, time, channels) or ``"bct"`` (channels first, Conv1d).
+    layout: ``"btc"`` (batch, time, channels), ``"bct"`` (channels first, Conv1d) or ``"windows"``
+        ((batch * windows, queries, channels): a module run once per window, like SALMONN's
+        window-level Q-Former; read as (batch, windows * queries, channels), see ``windows``).
     stage: rate stage of the time axis (``mel``, ``encoder``, ``token`` ...) or ``"seq"`` for LLM
         sequence positions.
     dim: config attribute path of the channel width of the output (``text_config.hidden_size``).
     in_dim: config attribute path of the width of the first input, when ``@in`` is readable.
     in_layout: layout of the input when it differs from ``layout`` (``None``: same).
+    windows: for ``layout="windows"``: windows per example — a config attribute path or a function
+        of the config. A 3-D value (batch·windows, queries, C) reads as (batch, windows·queries, C);
+        a 2-D value (batch·windows, C) as (batch, windows, C) (Voxtral's projector).
     """
 
     module: str
@@ -49,6 +55,7 @@ class Component:
     stage: str = SEQ
     in_dim: str | None = None
     in_layout: str | None = None
+    windows: "str | Callable[[Any], int] | None" = None
 
     @property
     def has_input(self) -> bool:
@@ -77,6 +84,19 @@ class AdapterSpec:
         pass for many text-side restorations (``None``: no reuse).
     object_prefix: leading text of an object per prompt style (``chat``: none; ``plain``: a space).
     version: adapter version, recorded in result provenance.
+    feature_mask_key: model-input name of the mel-frame mask the processor returns and the model
+        takes (``feature_attention_mask`` for Qwen2-Audio, ``input_features_mask`` for
+        AudioFlamingo3; ``None`` for models that take no mask, e.g. Voxtral — real frames are then
+        counted from the samples).
+    audio_positions: ``"valid"`` when the model keeps only the LLM audio positions of real audio
+        (Qwen2-Audio, AudioFlamingo3) or ``"window"`` when every position of the padded encoder
+        window is spliced in (Voxtral, SALMONN).
+
+    Layer stacks: ``STREAM.layers.{i}.COMP`` entries are expanded over ``layer_counts[STREAM]``
+    layers. A second stack inside a stream (SALMONN's BEATs) is written
+    ``STREAM.NAME.layers.{i}.COMP`` with its count under ``layer_counts["STREAM.NAME"]``; its
+    sites (``audio.beats.layers.3.resid``) are concrete sites of the stream, matched by ``*`` but
+    not by layer ranges, and are not ``STREAM.layers`` sites (no ``Restore`` windows over them).
     """
 
     name: str
@@ -91,6 +111,8 @@ class AdapterSpec:
     llm_input: tuple[str, str] | None = ("model.language_model", "inputs_embeds")
     object_prefix: Mapping[str, str] = field(default_factory=lambda: {"chat": "", "plain": " "})
     version: str = "1"
+    feature_mask_key: str | None = "feature_attention_mask"
+    audio_positions: str = "valid"
 
     def bind(self, config: Any, processor: Any = None) -> "Adapter":
         return Adapter(self, config, processor)
@@ -115,7 +137,7 @@ def config_get(config: Any, path: str) -> Any:
     return obj
 
 
-_LAYER_TMPL = re.compile(r"^(\w+)\.layers\.\{i\}\.(.+)$")
+_LAYER_TMPL = re.compile(r"^(\w+(?:\.\w+)?)\.layers\.\{i\}\.(.+)$")
 
 
 class Adapter:
@@ -144,7 +166,10 @@ class Adapter:
                 continue
             emitted.add(stream)
             if stream not in self._n:
-                raise AdapterError(f"adapter {spec.name}: per-layer sites of {stream!r} but no layer count declared.")
+                raise AdapterError(
+                    f"adapter {spec.name}: per-layer sites of {stream!r} but no layer count declared; "
+                    f"add layer_counts[{stream!r}] (see docs/patterns/write-an-adapter.md)."
+                )
             block = [
                 (name, port, c)
                 for name, c in layer_block[stream]
@@ -250,10 +275,22 @@ class Adapter:
         return value
 
     def to_btc(self, site: "Site | str", x: torch.Tensor) -> torch.Tensor:
-        """View of a value in (batch, time, channels) layout."""
-        return x.transpose(1, 2) if self.layout(site) == BCT else x
+        """View of a value in (batch, time, channels) layout (writes through to ``x``)."""
+        layout = self.layout(site)
+        if layout == BCT:
+            return x.transpose(1, 2)
+        if layout == WINDOWS:
+            comp = self.component(site)
+            w = int(comp.windows(self.config) if callable(comp.windows) else config_get(self.config, comp.windows))
+            return x.view(-1, w, x.shape[-1]) if x.dim() == 2 else x.view(-1, w * x.shape[1], x.shape[-1])
+        return x
 
     # ------------------------------------------------------------------ audio/LLM glue
+    @property
+    def window_mel(self) -> int:
+        """Mel frames of the padded encoder window the model requires (``2 * max_source_positions``)."""
+        return 2 * int(config_get(self.config, "audio_config.max_source_positions"))
+
     @property
     def audio_token_id(self) -> int | None:
         if self.spec.audio_token_attr is None:

@@ -1,0 +1,95 @@
+"""Adapter for ``VoxtralForConditionalGeneration`` (transformers 5: parts under ``model.model``).
+
+Audio stream: a Whisper-style encoder with **no padding mask** — it always runs the whole padded
+window (``2 * max_source_positions`` mel frames). ``conv1`` (k3 s1) and ``conv2`` (k3 s2 p1) output
+(B, C, T) before their GELU; layers run at 50 frames/s; ``layer_norm`` closes the encoder. Then
+``get_audio_features`` reshapes the (B, T, C) output to (B·T/4, 4C) — **4 consecutive encoder frames
+concatenated per LLM token** (12.5 tokens/s) — and the projector ``linear_1 → act → linear_2``
+maps each group to the LLM width. Every group of the padded window is spliced in (375 per 30 s), so
+the LLM audio positions cover padding too; the valid ones are the groups holding real frames.
+The projector's input and output are 2-D (batch·tokens, channels): the ``proj`` site has layout
+``windows`` and is read as (batch, tokens, channels). Text stream: a Llama decoder.
+See ``docs/adapters/voxtral.md``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..rates import RateChain, Stage
+from .base import BCT, SEQ, TUPLE0, WINDOWS, AdapterSpec, Component, config_get, placeholder_slots
+
+A = "model.audio_tower"
+T = "model.language_model"
+AD = "audio_config.d_model"
+TD = "text_config.hidden_size"
+GROUP = 4  # encoder frames per LLM token
+
+
+def tokens_per_window(config: Any) -> int:
+    """LLM audio positions per padded window: ``max_source_positions // 4`` (375 for 30 s)."""
+    return int(config_get(config, "audio_config.max_source_positions")) // GROUP
+
+
+def voxtral_rate_chain(config: Any, processor: Any = None) -> RateChain:
+    fe = getattr(processor, "feature_extractor", None)
+    sr = int(getattr(fe, "sampling_rate", 16000))
+    hop = int(getattr(fe, "hop_length", 160))
+    return RateChain(
+        sample_rate=sr,
+        hop=hop,
+        stages=(
+            Stage("mel"),
+            Stage("encoder", stride=2, kernel=3, padding=1),  # conv2
+            Stage("token", stride=GROUP, kernel=GROUP, partial=True),  # 4-frame concatenation
+        ),
+        window_mel=2 * int(config_get(config, "audio_config.max_source_positions")),
+    )
+
+
+def voxtral_prompt(processor: Any, instruction: str, style: str) -> str:
+    """Voxtral's instruct format ``[INST][BEGIN_AUDIO][AUDIO]{instruction}[/INST]`` (``chat``) or the
+    continuation format ``[BEGIN_AUDIO][AUDIO]{instruction}`` (``plain``), one ``[AUDIO]`` that the
+    processor expands to the window's token count."""
+    audio = getattr(processor, "audio_token", "[AUDIO]")
+    if style == "chat":
+        return f"[INST][BEGIN_AUDIO]{audio}{instruction}[/INST]"
+    return f"[BEGIN_AUDIO]{audio}{instruction}"
+
+
+ADAPTER = AdapterSpec(
+    name="voxtral",
+    model_types=("voxtral",),
+    hf_class="transformers:VoxtralForConditionalGeneration",
+    layer_counts={"audio": "audio_config.encoder_layers", "text": "text_config.num_hidden_layers"},
+    sites={
+        "text.embed": Component(f"{T}.embed_tokens", TD, stage=SEQ),
+        "audio.conv1": Component(f"{A}.conv1", AD, layout=BCT, stage="mel"),
+        "audio.conv2": Component(f"{A}.conv2", AD, layout=BCT, stage="encoder"),
+        "audio.layers.{i}.attn": Component(f"{A}.layers.{{i}}.self_attn", AD, out=TUPLE0, stage="encoder"),
+        "audio.layers.{i}.mlp.down": Component(
+            f"{A}.layers.{{i}}.fc2", AD, stage="encoder", in_dim="audio_config.encoder_ffn_dim"
+        ),
+        "audio.layers.{i}.mlp": Component(f"{A}.layers.{{i}}.fc2", AD, stage="encoder"),
+        "audio.layers.{i}.resid": Component(f"{A}.layers.{{i}}", AD, stage="encoder", in_dim=AD),
+        "audio.norm": Component(f"{A}.layer_norm", AD, stage="encoder"),
+        "proj": Component(
+            "model.multi_modal_projector", TD, layout=WINDOWS, stage="token", windows=tokens_per_window,
+            in_dim="audio_config.intermediate_size",
+        ),
+        "text.layers.{i}.attn": Component(f"{T}.layers.{{i}}.self_attn", TD, out=TUPLE0),
+        "text.layers.{i}.mlp.down": Component(
+            f"{T}.layers.{{i}}.mlp.down_proj", TD, in_dim="text_config.intermediate_size"
+        ),
+        "text.layers.{i}.mlp": Component(f"{T}.layers.{{i}}.mlp", TD),
+        "text.layers.{i}.resid": Component(f"{T}.layers.{{i}}", TD, in_dim=TD),
+        "text.norm": Component(f"{T}.norm", TD),
+        "text.logits": Component("lm_head", "text_config.vocab_size"),
+    },
+    rate_chain=voxtral_rate_chain,
+    build_prompt=voxtral_prompt,
+    audio_slots=placeholder_slots,
+    audio_token_attr="audio_token_id",
+    feature_mask_key=None,
+    audio_positions="window",
+)
