@@ -1,0 +1,237 @@
+"""``lalm-interp demo``: the whole pipeline on the embedded organism, offline, in minutes.
+
+Stages (each resumable; outputs in one folder):
+
+1. **benchmark** — speak a small set of the organism's CounterFact facts (edit prompt, subject alone,
+   paraphrase and neighbourhood prompts) with espeak-ng, word timings included;
+2. **known filter** — keep facts whose first object token is the model's top-1 prediction;
+3. **tracing** — the paper's Figure 2 (hidden / MLP / attention restorations in audio and text
+   layers at the first/last subject word, last word, last token) over the known facts, and one
+   example's every-frame heatmap drawn over its spectrogram;
+4. **editing** — the editors of the paper's Table 1 (FT, single-layer, multi-layer × Audio / Text /
+   Multi), evaluated with ES / PS / NS / Score against an unedited baseline;
+5. **report** — ``index.html`` (self-contained: plots, table, playable clip), ``table1.md``,
+   ``results.json`` and the NetCDF tracing results.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .specs import Corrupt, Experiment, Restore
+
+AUDIO_SPANS = ("first_subject_word", "last_subject_word", "last_word")
+TEXT_SPANS = AUDIO_SPANS + ("last_token",)
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """Knobs of the demo.
+
+    out: output folder. model: ``organism`` or a checkpoint directory.
+    n_facts: facts spoken into the demo benchmark (before the known filter).
+    n_trace: known facts traced for the AIE curves. n_edit: edit cases per editor row.
+    rendition: the voice (default: the organism's first training rendition).
+    window: layers restored around each centre layer (the paper's 10 on a 32-layer model; the
+        6-layer organism uses 3).
+    seed: seed of the edit-set sampling and the noise.
+    """
+
+    out: str = "demo_out"
+    model: str = "organism"
+    n_facts: int = 40
+    n_trace: int = 12
+    n_edit: int = 12
+    rendition: str | None = None
+    window: int = 3
+    seed: int = 0
+
+    @classmethod
+    def quick(cls, **kw: Any) -> "DemoConfig":
+        """A reduced size that still touches every stage (CI)."""
+        base = dict(n_facts=10, n_trace=3, n_edit=4)
+        base.update(kw)
+        return cls(**base)
+
+
+def figure2_experiment(window: int, seed: int = 0) -> Experiment:
+    corrupt = Corrupt(at="audio.conv2", span="subject", noise="gaussian", scale=3.0, seed=seed)
+    return Experiment(
+        "figure2",
+        corrupt=corrupt,
+        restores=tuple(
+            Restore(f"{s}.layers.*.{k}", window=window, positions=AUDIO_SPANS if s == "audio" else TEXT_SPANS)
+            for s in ("audio", "text")
+            for k in ("resid", "mlp", "attn")
+        ),
+    )
+
+
+def heatmap_experiment(seed: int = 0) -> Experiment:
+    return Experiment(
+        "heatmap",
+        corrupt=Corrupt(seed=seed),
+        restores=(Restore("audio.layers.*.resid", window=1, positions="each", name="audio.resid.each"),
+                  Restore("text.layers.*.resid", window=1, positions="each", name="text.resid.each")),
+    )
+
+
+class Stages:
+    """Runs and times the demo's stages; prints a line per stage."""
+
+    def __init__(self) -> None:
+        self.times: dict[str, float] = {}
+
+    def run(self, name: str, fn, *args, **kw):
+        t0 = time.perf_counter()
+        print(f"[demo] {name} ...", flush=True)
+        out = fn(*args, **kw)
+        self.times[name] = time.perf_counter() - t0
+        print(f"[demo] {name} done in {self.times[name]:.1f} s", flush=True)
+        return out
+
+
+def _facts_and_recipe(model_name: str, n_facts: int):
+    from .loading import resolve
+    from .organism.export import recipe_of
+    from .organism.facts import choose_facts
+
+    path, _ = resolve(model_name)
+    recipe = recipe_of(path)
+    facts = choose_facts(recipe)
+    return facts[:n_facts], recipe
+
+
+def build_bench(cfg: DemoConfig, facts, rendition: str):
+    from .bench import Benchmark, build
+
+    out = Path(cfg.out) / "bench"
+    build(facts, out, renditions=[rendition], forms=("prompt", "subject", "paraphrase", "neighbourhood"),
+          max_neighbours=1, max_paraphrases=1, progress=True, source="demo")
+    return Benchmark.open(out)
+
+
+def known_facts(model, processor, adapter, bench, instruction: str) -> list[str]:
+    from .bench.select import filter_known
+    from .known import known_scorer
+
+    kf = filter_known(bench.select(form="prompt"), known_scorer(model, processor, adapter, instruction=instruction))
+    return list(kf.known_facts)
+
+
+def trace(cfg: DemoConfig, model, processor, adapter, bench, known: list[str], instruction: str):
+    from .tracing.run import prompts_from_bench, run_experiment
+
+    prompts = [replace(p, instruction=instruction)
+               for p in prompts_from_bench(bench, limit=cfg.n_trace, fact_ids=known)]
+    if not prompts:
+        raise RuntimeError("no known facts to trace; the model knows none of the demo facts.")
+    agg = run_experiment(model, processor, adapter, prompts, figure2_experiment(cfg.window, cfg.seed),
+                         Path(cfg.out) / "trace", provenance={"model": cfg.model, "dataset": "demo"})
+    hm = run_experiment(model, processor, adapter, prompts[:1], heatmap_experiment(cfg.seed),
+                        Path(cfg.out) / "heatmap", provenance={"model": cfg.model, "dataset": "demo"})
+    return agg, hm, prompts
+
+
+def peak_layers(agg) -> dict[str, dict[str, int]]:
+    out: dict[str, dict[str, int]] = {}
+    for fam in map(str, agg["family"].values):
+        for span in map(str, agg["span"].values):
+            y = agg["aie"].sel(family=fam, span=span).values
+            if np.isfinite(y).any():
+                out.setdefault(fam, {})[span] = int(np.nanargmax(y))
+    return out
+
+
+def spectrogram_heatmap(cfg: DemoConfig, prompt) -> Path:
+    import xarray as xr
+
+    from .tracing.plots import plot_heatmap_over_spectrogram
+    from .tracing.run import _safe
+
+    ds = xr.load_dataset(Path(cfg.out) / "heatmap" / "examples" / f"{_safe(prompt.id)}.nc", engine="h5netcdf")
+    return plot_heatmap_over_spectrogram(ds, "audio.resid.each", prompt.audio, Path(cfg.out) / "heatmap_spectrogram")[0]
+
+
+def write_report(cfg: DemoConfig, summary: dict[str, Any], table_md: str, prompt) -> Path:
+    from . import report
+
+    out = Path(cfg.out)
+    t = summary.get("table1_rows", [])
+    sections = [
+        report.Section(
+            "Example: where does the model read the subject?",
+            html=(f"<p>Clip: “{prompt_text(prompt)}” → <b>{prompt.target}</b>. The heatmap shows the indirect "
+                  "effect of restoring each encoder frame's hidden state (one layer at a time) after the "
+                  "subject frames were corrupted at conv2 with 3σ noise, drawn over the spectrogram; dashed "
+                  "lines mark word starts.</p>"),
+            audio=[(prompt.audio, "the traced clip (16 kHz, espeak-ng)")],
+            figures=[(out / "heatmap_spectrogram.png", "layer × time heatmap over the spectrogram"),
+                     (out / "heatmap" / "heatmap_text.resid.each.png", "text decoder: layer × position")],
+        ),
+        report.Section(
+            "Figure 2: average indirect effect per layer",
+            html=f"<p>{summary['trace']['examples']} known facts; P_clean {summary['trace']['p_clean']:.3f}, "
+                 f"P_corrupt {summary['trace']['p_corrupt']:.3f}.</p>",
+            figures=[(out / "trace" / "figure2.png", "AIE vs layer, per stream and module kind")],
+        ),
+        report.Section(
+            "Table 1: editing",
+            table=(["Mod.", "Method", "Score", "ES", "PS", "NS"], [
+                [r["modality"], r["method"], r["score"], r["es"], r["ps"], r["ns"]] for r in t]),
+            html="<pre>" + table_md.replace("<", "&lt;") + "</pre>" if not t else "",
+        ),
+        report.Section("Run", html="<pre>" + json.dumps(summary["stages_s"], indent=1) + "</pre>"),
+    ]
+    return report.write(out / "index.html", "lalm-interp demo: spoken facts in a tiny Qwen2-Audio", sections,
+                        intro=f"Model: {cfg.model}. Everything here was computed offline by <code>lalm-interp demo</code>.")
+
+
+def prompt_text(prompt) -> str:
+    return " ".join(w.text for w in prompt.words)
+
+
+def run(cfg: DemoConfig, *, edit_fn=None) -> dict[str, Any]:
+    """Run the demo; returns the summary written to ``results.json``."""
+    import torch
+
+    from . import load
+
+    torch.manual_seed(cfg.seed)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    st = Stages()
+    model, processor, adapter = st.run("load model", lambda: tuple(load(cfg.model)))
+    facts, recipe = _facts_and_recipe(cfg.model, cfg.n_facts)
+    rendition = cfg.rendition or recipe.train_renditions[0]
+    bench = st.run("benchmark (espeak-ng)", build_bench, cfg, facts, rendition)
+    known = st.run("known filter", known_facts, model, processor, adapter, bench, recipe.instruction)
+    agg, hm, prompts = st.run("causal tracing", trace, cfg, model, processor, adapter, bench, known, recipe.instruction)
+    st.run("heatmap over spectrogram", spectrogram_heatmap, cfg, prompts[0])
+    table_rows: list[dict[str, Any]] = []
+    table_md = ""
+    if edit_fn is not None:
+        table_rows, table_md = st.run("editing (Table 1)", edit_fn, cfg, model, processor, adapter, bench, known,
+                                      recipe)
+    summary = {
+        "config": asdict(cfg),
+        "rendition": rendition,
+        "facts": len(facts),
+        "known": len(known),
+        "trace": {"examples": int(agg.sizes["example"]), "p_clean": float(agg["p_clean"].mean()),
+                  "p_corrupt": float(agg["p_corrupt"].mean()), "peak_layer": peak_layers(agg)},
+        "table1_rows": table_rows,
+        "stages_s": st.times,
+    }
+    (out / "table1.md").write_text(table_md or "(editing not run)\n")
+    (out / "results.json").write_text(json.dumps(summary, indent=2))
+    st.run("report", write_report, cfg, summary, table_md, prompts[0])
+    summary["stages_s"] = st.times
+    (out / "results.json").write_text(json.dumps(summary, indent=2))
+    return summary
