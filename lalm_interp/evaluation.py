@@ -26,6 +26,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from .editors.base import EditContext, Editor, EditorError, EditRequest
+from .errors import LalmInterpError
 from .inputs import DEFAULT_INSTRUCTION, build_inputs, window_samples
 from .scoring import score_objects
 from .tracing.causal import SpokenPrompt
@@ -217,7 +218,8 @@ def run(editor: Editor, ctx: EditContext, cases: Sequence[EditCase], *, accumula
     """Score every case before editing, edit, score after. ``accumulate=False``: edit, score and
     revert case by case; ``True``: apply all edits in order (no reset), score all, then revert all.
     Default: the editor's own mode (single-layer reset, multi-layer accumulate). A case whose edit
-    raises :class:`EditorError` is recorded with its error and left out of the metrics."""
+    raises a :class:`~lalm_interp.errors.LalmInterpError` (e.g. :class:`EditorError`) is recorded
+    with its error and left out of the metrics."""
     acc = editor.accumulates if accumulate is None else bool(accumulate)
     say = progress or (lambda s: None)
     editor.reset()
@@ -233,7 +235,7 @@ def run(editor: Editor, ctx: EditContext, cases: Sequence[EditCase], *, accumula
             t = time.time()
             try:
                 h = editor.apply(ctx, case.request)
-            except EditorError as err:
+            except LalmInterpError as err:  # EditorError, or e.g. an edit prompt too long for the window
                 rec["error"] = str(err)
                 say(f"[{i + 1}/{len(cases)}] {case.case_id}: edit failed: {str(err).splitlines()[0]}")
                 continue

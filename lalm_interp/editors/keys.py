@@ -21,7 +21,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 
-from ..inputs import PromptBatch, build_inputs
+from ..inputs import PromptBatch, build_inputs, window_samples
 from ..scoring import logprobs_from_logits, object_prefix, object_token_ids, teacher_forced_inputs
 from ..sites import Site, parse
 from ..spans import SEQ, PositionMap, as_words, position_map
@@ -157,7 +157,8 @@ def pooled(ctx: EditContext, prep: Prepared, site: Site, name: str) -> torch.Ten
 # ---------------------------------------------------------------------------- statistics
 def corpus_keys(ctx: EditContext, site: Site) -> Iterator[np.ndarray]:
     """(n, d) batches of keys at ``site`` over ``ctx.corpus``: every valid encoder frame (audio
-    sites) or every real LLM position (text sites)."""
+    sites) or every real LLM position (text sites). Clips longer than the encoder window are
+    skipped (the model would truncate them)."""
     corpus = ctx.corpus
     if corpus is None or len(corpus.clips) == 0:
         raise EditorError(
@@ -166,18 +167,32 @@ def corpus_keys(ctx: EditContext, site: Site) -> Iterator[np.ndarray]:
         )
     adapter = ctx.adapter
     stage = adapter.stage(site)
-    for i in range(0, len(corpus.clips), corpus.batch_size):
-        clips = [corpus.audio(j) for j in range(i, min(i + corpus.batch_size, len(corpus.clips)))]
+    window = window_samples(adapter)
+
+    def keys_of(clips: list) -> np.ndarray:
         batch = build_inputs(ctx.processor, adapter, clips, instruction=corpus.instruction)
         x = capture(ctx, [site], batch.model_inputs)[site]
         rows = []
         for r in range(len(clips)):
             if stage == SEQ:
-                m = batch.model_inputs["attention_mask"][r].bool()
-                rows.append(x[r, m])
+                rows.append(x[r, batch.model_inputs["attention_mask"][r].bool()])
             else:
                 rows.append(x[r, : adapter.rate_chain.valid(stage, batch.n_mel[r])])
-        yield torch.cat(rows).double().cpu().numpy()
+        return torch.cat(rows).double().cpu().numpy()
+
+    pending: list = []
+    used = 0
+    for j in range(len(corpus.clips)):  # streamed: a 5,000-utterance corpus never sits in memory
+        a = corpus.audio(j)
+        if 0 < len(a) <= window:
+            pending.append(a)
+        if len(pending) == corpus.batch_size or (j == len(corpus.clips) - 1 and pending):
+            used += len(pending)
+            yield keys_of(pending)
+            pending = []
+    if used == 0:
+        raise EditorError(f"key statistics for {site}: none of the {len(corpus.clips)} corpus clips fits the "
+                          f"{window / adapter.rate_chain.sample_rate:.2f} s encoder window; use shorter utterances.")
 
 
 def key_stats(ctx: EditContext, site: "Site | str"):

@@ -92,6 +92,16 @@ def test_rome_update_satisfies_w_k_equals_v_star(ctx):
     assert same(ctx.model, snap)
 
 
+def test_sequential_crossmodal_alphaedit_reverts_bitwise(ctx):
+    snap = snapshot(ctx.model)
+    ed = make("crossmodal-alphaedit", ["audio.layers.2:4", "text.layers.2:4"], drive=False)
+    handles = [ed.apply(ctx, request(s, new=n)) for s, n in ((12, "Seattle"), (13, "guitar"))]
+    assert handles[1].info["text"]["n_previous_edits"] == 1 and handles[1].info["audio"]["n_previous_edits"] == 1
+    for h in reversed(handles):
+        h.revert()
+    assert same(ctx.model, snap)
+
+
 def test_sequential_alphaedit_accumulates_and_reverts_bitwise(ctx):
     model = ctx.model
     snap = snapshot(model)
@@ -213,3 +223,18 @@ def test_registry_takes_third_party_editors(ctx):
     assert make("noop-test", "text.layers.0.mlp.down").apply(ctx, request(11)).info["n"] == 1
     with pytest.raises(EditorError, match="no editor named"):
         make("nope", "text.layers.0")
+
+
+def test_corpus_clips_longer_than_the_window_are_skipped(tiny_deep):
+    model, processor, adapter = tiny_deep
+    snap = snapshot(model)
+    too_long = EditContext(model, processor, adapter, corpus=KeyCorpus("long", [noise(5.0, 1)]))
+    with pytest.raises(EditorError, match="fits the"):
+        make("rome", "text.layers.1.mlp.down").apply(too_long, request(14))
+    assert same(model, snap)
+    from lalm_interp.editors.keys import key_stats
+
+    mixed = EditContext(model, processor, adapter, corpus=KeyCorpus("mixed", [noise(5.0, 1), noise(2.0, 2)]))
+    only_short = EditContext(model, processor, adapter, corpus=KeyCorpus("short", [noise(2.0, 2)]))
+    site = "text.layers.1.mlp.down@in"
+    assert np.array_equal(key_stats(mixed, site).second_moment, key_stats(only_short, site).second_moment)
