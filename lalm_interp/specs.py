@@ -98,6 +98,8 @@ class Restore:
             )
         if isinstance(self.positions, list):
             object.__setattr__(self, "positions", tuple(self.positions))
+        if isinstance(self.positions, tuple):
+            _check_spans(self.positions, f"Restore({self.at!r}).positions")
 
     @property
     def site(self) -> Site:
@@ -129,6 +131,13 @@ class Patch:
         for r in (self.source, self.target):
             if r not in ("clean", "corrupt"):
                 raise SpecError(f"Patch run {r!r}; expected 'clean' or 'corrupt'.")
+        if isinstance(self.positions, list):
+            object.__setattr__(self, "positions", tuple(self.positions))
+        if isinstance(self.positions, str):
+            if self.positions != "all":
+                raise SpecError(f"Patch.positions={self.positions!r}; expected 'all' or a tuple of named spans.")
+        else:
+            _check_spans(self.positions, f"Patch({self.at!r}).positions")
 
 
 @dataclass(frozen=True)
@@ -140,6 +149,11 @@ class Read:
 
     def __post_init__(self) -> None:
         parse(self.at)
+        if isinstance(self.runs, (list, str)):
+            object.__setattr__(self, "runs", (self.runs,) if isinstance(self.runs, str) else tuple(self.runs))
+        bad = [r for r in self.runs if r not in ("clean", "corrupt")]
+        if bad or not self.runs:
+            raise SpecError(f"Read.runs={self.runs!r}; expected a non-empty tuple of 'clean' / 'corrupt'.")
 
 
 _KINDS = {"Corrupt": Corrupt, "Restore": Restore, "Patch": Patch, "Read": Read}
@@ -230,6 +244,20 @@ class Experiment:
     @classmethod
     def from_json(cls, s: str) -> "Experiment":
         return cls.from_dict(json.loads(s))
+
+
+def _check_spans(spans: tuple, what: str) -> None:
+    from .spans import NAMED_SPANS
+
+    if not spans:
+        raise SpecError(f"{what} is empty; give at least one named span, 'each' or 'all'.")
+    for sp in spans:
+        if isinstance(sp, str):
+            if sp not in NAMED_SPANS:
+                raise SpecError(f"{what}: unknown span {sp!r}; named spans are {list(NAMED_SPANS)} "
+                                "or an inclusive word range (i, j).")
+        elif not (isinstance(sp, tuple) and len(sp) == 2 and all(isinstance(v, int) for v in sp) and 0 <= sp[0] <= sp[1]):
+            raise SpecError(f"{what}: {sp!r} is neither a named span nor a word range (i, j) with 0 <= i <= j.")
 
 
 def window_layers(centre: int, window: int, n: int) -> list[int]:

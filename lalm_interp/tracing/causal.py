@@ -165,7 +165,7 @@ def _p(lp: torch.Tensor, metric: str) -> torch.Tensor:
 def trace_example(model: torch.nn.Module, processor: Any, adapter: Adapter, ex: SpokenPrompt, exp: Experiment,
                   *, replace_audio: np.ndarray | None = None, progress: Any = None) -> xr.Dataset:
     """Run ``exp`` on one prompt; returns a Dataset with ``p_clean``/``p_corrupt`` and one IE
-    variable per restoration family (``ie/<family>``) plus patched-run probabilities."""
+    variable per restoration family (``ie:<family>``) plus patched-run probabilities (``p:<name>``)."""
     exp.validate(adapter)
     prep = Prepared(model, processor, adapter, ex, exp, replace_audio)
     base = prep.compiled.base()
@@ -194,7 +194,10 @@ def trace_example(model: torch.nn.Module, processor: Any, adapter: Adapter, ex: 
             pos = positions_tensor(0, prep.full_length(site))
         else:
             st = prep.stage_of(site)
-            pos = torch.cat([positions_tensor(*prep.pm.span(n, st)) for n in pt.positions])
+            try:
+                pos = torch.cat([positions_tensor(*prep.pm.span(n, st)) for n in pt.positions])
+            except SpanError as err:
+                raise SpecError(f"example {ex.id}: Patch({pt.at!r}) positions: {err}") from err
         src = 0 if pt.source == "clean" else 1
         row = Row({"run": pt.name}, corrupted=(pt.target == "corrupt"), edits=[Edit(site, pos, src)])
         lp = prep.compiled.run([row], reuse_encoder=exp.reuse_encoder)
@@ -239,13 +242,20 @@ def aggregate(results: Sequence[xr.Dataset], exp: Experiment) -> xr.Dataset:
         for f in fams:
             spans.extend(str(s) for s in ds[f"position:{f}"].values if _is_span_mode(exp, f))
             max_layer = max(max_layer, int(ds[f"layer:{f}"].max()) + 1)
+    if any(not _is_span_mode(exp, f) for f in fams):
+        spans.append("subject_mean")
     spans = list(dict.fromkeys(spans)) or ["all"]
     ie = np.full((len(results), len(fams), len(spans), max_layer), np.nan)
     for i, ds in enumerate(results):
         for j, f in enumerate(fams):
-            if not _is_span_mode(exp, f):
-                continue
             da = ds[f"ie:{f}"]
+            if not _is_span_mode(exp, f):
+                subj = f"is_subject:{f}"
+                if subj in ds.coords and bool(ds[subj].values.any()):
+                    mean = da.values[:, ds[subj].values.astype(bool)].mean(axis=1)
+                    for layer, v in zip(ds[f"layer:{f}"].values, mean):
+                        ie[i, j, spans.index("subject_mean"), int(layer)] = v
+                continue
             for s in da[f"position:{f}"].values:
                 k = spans.index(str(s))
                 for layer, v in zip(ds[f"layer:{f}"].values, da.sel({f"position:{f}": s}).values):

@@ -217,7 +217,8 @@ class Compiled:
         computed in chunks; rows 0/1 of each chunk are the clean/corrupt references."""
         a = self.adapter
         text_only = all(e.site.stream == "text" for r in rows for e in r.edits) and all(r.corrupted for r in rows)
-        reuse = reuse_encoder and text_only and a.spec.llm_input is not None
+        reuse = (reuse_encoder and text_only and a.spec.llm_input is not None
+                 and a.forward_rank(self.corruption.site) < self._llm_rank)  # corruption inside the reused part
         if reuse and self._embeds is None:
             self.base()
         seq = self.inputs["input_ids"].shape[1]

@@ -97,8 +97,8 @@ def run_experiment(
             ds = trace_example(model, processor, adapter, ex, exp)
             write_atomic_netcdf(ds, path)
             done += 1
-            if store is not None and exp.reads:
-                write_reads(model, processor, adapter, ex, exp, store, provenance or {}, index=index)
+        if store is not None and exp.reads:  # also after a resume: shards already complete are skipped
+            write_reads(model, processor, adapter, ex, exp, store, provenance or {}, index=index)
         results.append(ds)
         if bar is not None:
             bar.update(1)
@@ -123,29 +123,36 @@ def write_reads(model: Any, processor: Any, adapter: Any, ex: SpokenPrompt, exp:
     shard ``index`` of experiment ``<exp.name>.<stage>`` (one experiment per time axis)."""
     from ..cache import Batch, Provenance
 
-    prep = Prepared(model, processor, adapter, ex, exp)
-    sites = [s for rd in exp.reads for s in adapter.expand(rd.at)]
-    prep.compiled.base(reads=sites)
-    runs = {rd_run for rd in exp.reads for rd_run in rd.runs}
+    runs_of: dict[Any, set[str]] = {}
+    for rd in exp.reads:
+        for s in adapter.expand(rd.at):
+            runs_of.setdefault(s, set()).update(rd.runs)
+    sites = list(runs_of)
     prov = Provenance(
         model=str(provenance.get("model", "unknown")),
         revision=str(provenance.get("revision", "")),
         dataset=str(provenance.get("dataset", "")),
         spec=exp.to_json(),
         n_layers={s: adapter.n_layers(s) for s in ("audio", "text") if s in adapter.streams},
+        adapter_version=f"{adapter.name}@{adapter.spec.version}",
     )
+    todo = []
     for k, run in enumerate(("clean", "corrupt")):
-        if run not in runs:
-            continue
         for stage in sorted({adapter.stage(s) for s in sites}):
-            group = [s for s in sites if adapter.stage(s) == stage]
-            w = store.writer(f"{exp.name}.{stage}", run=run, provenance=prov)
-            if w.is_complete(index):
-                continue
-            values = {str(s): prep.compiled.read_values[s][k : k + 1] for s in group}
-            T = next(iter(values.values())).shape[1]
-            pos = positions_for(prep, stage, T)
-            w.write(index, Batch(examples=[ex.id], values=values, positions={str(s): pos for s in group}))
+            group = [s for s in sites if adapter.stage(s) == stage and run in runs_of[s]]
+            if group:
+                w = store.writer(f"{exp.name}.{stage}", run=run, provenance=prov)
+                if not w.is_complete(index):
+                    todo.append((k, stage, group, w))
+    if not todo:
+        return
+    prep = Prepared(model, processor, adapter, ex, exp)
+    prep.compiled.base(reads=sites)
+    for k, stage, group, w in todo:
+        values = {str(s): prep.compiled.read_values[s][k : k + 1] for s in group}
+        T = next(iter(values.values())).shape[1]
+        pos = positions_for(prep, stage, T)
+        w.write(index, Batch(examples=[ex.id], values=values, positions={str(s): pos for s in group}))
 
 
 def positions_for(prep: Prepared, stage: str, T: int) -> Any:

@@ -82,6 +82,8 @@ def test_reads_go_to_the_cache(tiny_deep, bench, tmp_path):
     assert da.sizes["example"] == 2 and da.sizes["layer"] == 2 and da.sizes["hidden"] == a.width("text.layers.2.mlp.down@in")
     conv = store.get("audio.conv2", run="clean")
     assert conv.sizes["hidden"] == a.width("audio.conv2")
+    with pytest.raises(Exception):  # Read("audio.conv2") asked for the clean run only
+        store.get("audio.conv2", run="corrupt")
     assert "time_s" in conv.coords or any("time" in str(c) for c in conv.coords)
 
 

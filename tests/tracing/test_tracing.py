@@ -192,6 +192,29 @@ def test_span_in_padding_is_a_clear_error(tiny_deep):
         trace_example(model, processor, a, bad, Experiment("e"))
 
 
+def test_text_side_corruption_is_not_lost_by_encoder_reuse(tiny_deep):
+    model, processor, a = tiny_deep
+    exp = Experiment("t", corrupt=Corrupt(at="text.layers.0.resid", span="subject", scale=30.0))
+    prep = Prepared(model, processor, a, prompt(), exp)
+    rows = prep.rows(Restore("text.layers.2:6.mlp", window=1, positions=("last_token",)))
+    base = prep.compiled.base()
+    assert base[0, 0] != base[1, 0]
+    reused = prep.compiled.run(rows, reuse_encoder=True)
+    full = prep.compiled.run(rows, reuse_encoder=False)
+    torch.testing.assert_close(reused, full, atol=1e-6, rtol=1e-6)
+
+
+def test_aggregate_summarises_each_mode_over_the_subject(tiny_deep):
+    model, processor, a = tiny_deep
+    exp = Experiment("e", restores=(Restore("text.layers.4:6.resid", window=1, positions="each"),))
+    ds = trace_example(model, processor, a, prompt(), exp)
+    agg = aggregate([ds], exp)
+    subj = ds["is_subject:text.resid"].values
+    assert subj.any() and not subj.all()
+    expect = ds["ie:text.resid"].values[:, subj].mean(axis=1)
+    np.testing.assert_allclose(agg["aie"].sel(family="text.resid", span="subject_mean").values[4:6], expect)
+
+
 def test_spec_round_trip_and_errors():
     exp = Experiment("x", corrupt=Corrupt(noise="zero", seed=3),
                      restores=(Restore("text.layers.*.attn", positions=("subject", (0, 1))),), reads=(Read("proj"),))
@@ -200,6 +223,12 @@ def test_spec_round_trip_and_errors():
         Corrupt(noise="pink")
     with pytest.raises(SpecError, match="per-layer"):
         Restore("audio.conv2")
+    with pytest.raises(SpecError, match="unknown span 'subjekt'"):
+        Restore("text.layers.*.mlp", positions=("subjekt",))
+    with pytest.raises(SpecError, match="Patch.positions"):
+        Patch("text.layers.1.mlp", positions="each")
+    with pytest.raises(SpecError, match="Read.runs"):
+        Read("proj", runs=("restored",))
     with pytest.raises(SpecError, match="distinct"):
         Experiment("x", restores=(Restore("text.layers.*.mlp"), Restore("text.layers.*.mlp")))
 
