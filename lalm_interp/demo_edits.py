@@ -1,0 +1,92 @@
+"""The demo's editing stage: the paper's Table 1 (FT, single-layer, multi-layer × Audio / Text /
+Multi) on the demo benchmark's known facts, layers chosen from the demo's own tracing result.
+
+Layer choice (the paper picks layers by AIE; see ``docs/usage/tracing.md`` and Table 2):
+single-layer edits use the top-1 AIE layer of the MLP family at the keyed word position
+(``last_subject_word``); multi-layer edits use the top-3 layers (sorted).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import xarray as xr
+
+WORD = "last"
+SPAN = "last_subject_word"
+
+
+def choose_layers(agg: xr.Dataset, stream: str, k: int) -> list[int]:
+    from .tracing.select import top_layers
+
+    return top_layers(agg, f"{stream}.mlp", SPAN, k)
+
+
+def table1_plan(agg: xr.Dataset) -> list[tuple[str, str, list[str]]]:
+    """(row label, editor name, sites) for the nine Table-1 rows."""
+    a1, t1 = choose_layers(agg, "audio", 1)[0], choose_layers(agg, "text", 1)[0]
+    a3 = choose_layers(agg, "audio", 3)
+    t3 = choose_layers(agg, "text", 3)
+    A = lambda ls: [f"audio.layers.{l}.mlp.down" for l in ls]  # noqa: E731
+    T = lambda ls: [f"text.layers.{l}.mlp.down" for l in ls]  # noqa: E731
+    return [
+        ("FT", "finetune", A([a1])),
+        ("Single-layer", "rome", A([a1])),
+        ("Multi-layer", "alphaedit", A(a3)),
+        ("FT", "finetune", T([t1])),
+        ("Single-layer", "rome", T([t1])),
+        ("Multi-layer", "alphaedit", T(t3)),
+        ("FT", "finetune", A([a1]) + T([t1])),
+        ("Single-layer", "crossmodal", A([a1]) + T([t1])),
+        ("Multi-layer", "crossmodal-alphaedit", A(a3) + T(t3)),
+    ]
+
+
+def table1(cfg: Any, model, processor, adapter, bench, known: list[str], recipe) -> tuple[list[dict], str]:
+    """Run the nine rows; returns (rows for results.json, the Markdown table)."""
+    from tqdm.auto import tqdm
+
+    from . import evaluation
+    from .bench.corpus import protected_corpus
+    from .editors import EditContext, KeyCorpus, make
+
+    out = Path(cfg.out)
+    agg = xr.load_dataset(out / "trace" / "aie.nc", engine="h5netcdf")
+    cases = evaluation.cases_from_benchmark(bench, word=WORD, fact_ids=known, limit=cfg.n_edit,
+                                            instruction=recipe.instruction)
+    exclude = [c.request.prompt.id for c in cases]
+    utts = protected_corpus(None, n=64, fallback_dir=out / "protected_corpus", exclude=exclude) \
+        if _accepts_exclude() else protected_corpus(None, n=64, fallback_dir=out / "protected_corpus")
+    from .cache import Store
+
+    ctx = EditContext(model, processor, adapter, store=Store(out / "cache"),
+                      corpus=KeyCorpus(f"demo-synth:{len(utts)}", utts, instruction=recipe.instruction))
+    results = []
+    rows = []
+    plan = table1_plan(agg)
+    for label, name, sites in tqdm(plan, desc="Table 1", unit="row"):
+        editor = make(name, sites)
+        res = evaluation.run(editor, ctx, cases, meta={"model": cfg.model, "bench": str(out / "bench")})
+        mod = evaluation.modality(sites)
+        dest = out / "edits" / f"{mod}-{label}".replace(" ", "_").replace("→", "-")
+        res.save(dest)
+        doc = res.to_json()
+        doc["label"] = f"{label} ({editor.label})" if hasattr(editor, "label") else label
+        results.append(doc)
+        s = res.summary
+        rows.append({"modality": {"Audio→Text": "Multi"}.get(mod, mod), "method": label, "editor": name,
+                     "sites": sites, "score": s["Score"], "es": s["ES"], "ps": s["PS"], "ns": s["NS"]})
+    md = evaluation.table(results)
+    b = results[0]["baseline"]
+    rows.insert(0, {"modality": "–", "method": "Unedited", "editor": "-", "sites": [], "score": b["Score"],
+                    "es": b["ES"], "ps": b["PS"], "ns": b["NS"]})
+    return rows, md
+
+
+def _accepts_exclude() -> bool:
+    import inspect
+
+    from .bench.corpus import protected_corpus
+
+    return "exclude" in inspect.signature(protected_corpus).parameters
