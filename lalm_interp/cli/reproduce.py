@@ -1,0 +1,38 @@
+"""``lalm-interp reproduce {figure2,table1,table2} --model M [--data PATH] --out DIR``."""
+
+from __future__ import annotations
+
+import json
+
+
+def run(args) -> int:
+    from lalm_interp.reproduce import ReproduceConfig, run as run_reproduce
+
+    cfg = ReproduceConfig(
+        config=args.config, model=args.model, data=args.data, out=args.out, limit=args.limit,
+        renditions=args.renditions, n_trace=args.n_trace, k_known=args.k, m_random=args.m, seed=args.seed,
+        window=args.window, word=args.word,
+        audio_layers=tuple(args.audio_layers) if args.audio_layers else None,
+        text_layers=tuple(args.text_layers) if args.text_layers else None,
+    )
+    print(json.dumps(run_reproduce(cfg), indent=2))
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("reproduce", help="the paper's Figure 2 / Table 1 / Table 2 protocol on a model")
+    p.add_argument("config", choices=["figure2", "table1", "table2"])
+    p.add_argument("--model", default="organism", help="'organism', a checkpoint dir, or an offline hub id")
+    p.add_argument("--data", default=None, help="full dataset file (default: the shipped subset)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--limit", type=int, default=None, help="facts read from the dataset")
+    p.add_argument("--renditions", type=int, default=1)
+    p.add_argument("--n-trace", type=int, default=100, help="known facts traced")
+    p.add_argument("--k", type=int, default=200, help="known facts in the edit set (paper: 200)")
+    p.add_argument("--m", type=int, default=300, help="random facts in the edit set (paper: 300)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--window", type=int, default=10, help="restoration window, capped at the stack depth")
+    p.add_argument("--word", choices=["first", "last"], default="last")
+    p.add_argument("--audio-layers", type=int, nargs="+", default=None)
+    p.add_argument("--text-layers", type=int, nargs="+", default=None)
+    p.set_defaults(func=run)

@@ -1,0 +1,187 @@
+"""``lalm-interp reproduce figure2|table1|table2``: the paper's protocol on any registered model.
+
+* ``figure2`` — speak Known-1000 (``--data`` for the full file; the shipped subset otherwise),
+  keep the facts the model knows (top-1 first object token), trace hidden / MLP / attention
+  restorations in both streams at the first/last subject word, last word and last token, and plot
+  the AIE curves (the demo's outputs: ``trace/aie.nc``, ``trace/figure2.png`` …).
+* ``table1`` — speak CounterFact, filter known facts, build the edit set of ``K`` known + ``M``
+  random cases (paper: 200 + 300, seeded), trace to choose layers (top-1 AIE MLP layer per stream
+  at the keyed word for single-layer edits, top-3 for multi-layer; or ``--audio-layers`` /
+  ``--text-layers``), run the nine Table-1 rows and write ``table1.md`` + per-row results.
+* ``table2`` — the layer-selection study: for each word position (first / last subject word) and
+  k ∈ {1, 2, 3}, the top-k AIE layers of each stream, edited with single-layer (k = 1) or
+  multi-layer (k > 1) editors; writes ``table2.md``.
+
+Every stage writes into ``--out`` and is resumable (the benchmark reuses its clips, tracing skips
+completed examples, editing rows with a ``result.json`` are skipped).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Sequence
+
+import xarray as xr
+
+CONFIGS = ("figure2", "table1", "table2")
+
+
+@dataclass(frozen=True)
+class ReproduceConfig:
+    """Knobs of ``reproduce`` (defaults: the paper's protocol).
+
+    config: ``figure2``, ``table1`` or ``table2``.
+    model: a registered name, a checkpoint directory or a hub id available offline
+        (``Qwen/Qwen2-Audio-7B-Instruct`` when you have the weights).
+    data: path of the full dataset file (Known-1000 for figure2; CounterFact, ROME or KnowEdit
+        format, for the tables). ``None``: the subsets shipped in the package.
+    out: output folder. limit: facts read from the dataset (``None``: all).
+    renditions: espeak-ng renditions per prompt. n_trace: known facts traced.
+    k_known / m_random: the edit set (paper: 200 filtered + 300 random). seed: edit-set sampling.
+    window: layers restored around each centre (paper: 10; capped at the stack depth).
+    word: subject word the edit keys are taken at (``first`` / ``last``).
+    audio_layers / text_layers: explicit editing layers (``None``: chosen from the AIE).
+    """
+
+    config: str
+    model: str = "organism"
+    data: str | None = None
+    out: str = "reproduce_out"
+    limit: int | None = None
+    renditions: int = 1
+    n_trace: int = 100
+    k_known: int = 200
+    m_random: int = 300
+    seed: int = 0
+    window: int = 10
+    word: str = "last"
+    audio_layers: tuple[int, ...] | None = None
+    text_layers: tuple[int, ...] | None = None
+    instruction: str = "Complete the sentence."
+
+
+def _stage_bench(cfg: ReproduceConfig, source: str):
+    from .bench import Benchmark, build, load_facts
+
+    facts = load_facts(source, cfg.data, limit=cfg.limit)
+    forms = ("prompt", "subject") if source == "known1000" else ("prompt", "subject", "paraphrase", "neighbourhood")
+    out = Path(cfg.out) / "bench"
+    build(facts, out, renditions=cfg.renditions, forms=forms, progress=True, source=source)
+    return Benchmark.open(out)
+
+
+def _known(model, processor, adapter, bench, instruction: str) -> list[str]:
+    from .bench.select import filter_known
+    from .known import known_scorer
+
+    return list(filter_known(bench.select(form="prompt"),
+                             known_scorer(model, processor, adapter, instruction=instruction)).known_facts)
+
+
+def _trace(cfg: ReproduceConfig, model, processor, adapter, bench, known: Sequence[str]):
+    from .demo import figure2_experiment
+    from .tracing.run import prompts_from_bench, run_experiment
+
+    window = min(cfg.window, adapter.n_layers("audio"), adapter.n_layers("text"))
+    prompts = [replace(p, instruction=cfg.instruction)
+               for p in prompts_from_bench(bench, limit=cfg.n_trace, fact_ids=list(known))]
+    return run_experiment(model, processor, adapter, prompts, figure2_experiment(window, cfg.seed),
+                          Path(cfg.out) / "trace", provenance={"model": cfg.model, "dataset": str(cfg.data or "shipped")})
+
+
+def _edit_rows(cfg: ReproduceConfig, model, processor, adapter, bench, case_ids: Sequence[str],
+               plan: Sequence[tuple[str, str, list[str]]], folder: str) -> list[dict[str, Any]]:
+    from tqdm.auto import tqdm
+
+    from . import evaluation
+    from .bench.corpus import protected_corpus
+    from .cache import Store
+    from .editors import EditContext, KeyCorpus, make
+
+    out = Path(cfg.out)
+    cases = evaluation.cases_from_benchmark(bench, word=cfg.word, fact_ids=list(case_ids),
+                                            instruction=cfg.instruction)
+    utts = protected_corpus(None, n=200, fallback_dir=out / "protected_corpus")
+    ctx = EditContext(model, processor, adapter, store=Store(out / "cache"),
+                      corpus=KeyCorpus(f"synth:{len(utts)}", utts, instruction=cfg.instruction))
+    docs = []
+    for label, name, sites in tqdm(plan, desc=folder, unit="row"):
+        mod = evaluation.modality(sites)
+        dest = out / folder / f"{mod}-{label}".replace(" ", "_").replace("→", "-")
+        if (dest / evaluation.RESULT_FILE).exists():
+            docs.append(evaluation.load_result(dest / evaluation.RESULT_FILE))
+            continue
+        res = evaluation.run(make(name, sites), ctx, cases, meta={"model": cfg.model, "bench": str(out / "bench")})
+        res.save(dest)
+        docs.append(res.to_json())
+    return docs
+
+
+def _layers(agg: xr.Dataset, stream: str, span: str, k: int, explicit: tuple[int, ...] | None) -> list[int]:
+    from .tracing.select import top_layers
+
+    if explicit:
+        return sorted(explicit)[:k] if k < len(explicit) else sorted(explicit)
+    return top_layers(agg, f"{stream}.mlp", span, k)
+
+
+def run(cfg: ReproduceConfig) -> dict[str, Any]:
+    from . import evaluation, load
+    from .bench.select import build_edit_set
+    from .demo import peak_layers
+
+    if cfg.config not in CONFIGS:
+        from .specs import SpecError
+
+        raise SpecError(f"unknown configuration {cfg.config!r}; choose one of {list(CONFIGS)}.")
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    model, processor, adapter = tuple(load(cfg.model))
+    source = "known1000" if cfg.config == "figure2" else "counterfact"
+    bench = _stage_bench(cfg, source)
+    known = _known(model, processor, adapter, bench, cfg.instruction)
+    summary: dict[str, Any] = {"config": cfg.config, "model": cfg.model, "facts": len(bench.facts),
+                               "known": len(known)}
+    agg = _trace(cfg, model, processor, adapter, bench, known)
+    summary["trace"] = {"examples": int(agg.sizes["example"]), "p_clean": float(agg["p_clean"].mean()),
+                        "p_corrupt": float(agg["p_corrupt"].mean()), "peak_layer": peak_layers(agg)}
+    if cfg.config in ("table1", "table2"):
+        candidates = sorted({it.fact_id for it in bench.select(form="prompt") if it.target_new})
+        es = build_edit_set(candidates, known, k=cfg.k_known, m=cfg.m_random, seed=cfg.seed, allow_fewer=True)
+        es.save(out / "edit_set.json")
+        span = "last_subject_word" if cfg.word == "last" else "first_subject_word"
+        A = lambda ls: [f"audio.layers.{l}.mlp.down" for l in ls]  # noqa: E731
+        T = lambda ls: [f"text.layers.{l}.mlp.down" for l in ls]  # noqa: E731
+        if cfg.config == "table1":
+            a1, t1 = _layers(agg, "audio", span, 1, cfg.audio_layers), _layers(agg, "text", span, 1, cfg.text_layers)
+            a3, t3 = _layers(agg, "audio", span, 3, cfg.audio_layers), _layers(agg, "text", span, 3, cfg.text_layers)
+            plan = [("FT", "finetune", A(a1)), ("Single-layer", "rome", A(a1)), ("Multi-layer", "alphaedit", A(a3)),
+                    ("FT", "finetune", T(t1)), ("Single-layer", "rome", T(t1)), ("Multi-layer", "alphaedit", T(t3)),
+                    ("FT", "finetune", A(a1) + T(t1)), ("Single-layer", "crossmodal", A(a1) + T(t1)),
+                    ("Multi-layer", "crossmodal-alphaedit", A(a3) + T(t3))]
+            docs = _edit_rows(cfg, model, processor, adapter, bench, es.fact_ids, plan, "edits")
+            (out / "table1.md").write_text(evaluation.table(docs) + "\n")
+            summary["table"] = "table1.md"
+        else:
+            plan = []
+            for sp in ("first_subject_word", "last_subject_word"):
+                for k in (1, 2, 3):
+                    a, t = _layers(agg, "audio", sp, k, None), _layers(agg, "text", sp, k, None)
+                    single = k == 1
+                    plan.append((f"{sp} top-{k}", "rome" if single else "alphaedit", A(a)))
+                    plan.append((f"{sp} top-{k}", "rome" if single else "alphaedit", T(t)))
+                    plan.append((f"{sp} top-{k}", "crossmodal" if single else "crossmodal-alphaedit", A(a) + T(t)))
+            docs = _edit_rows(cfg, model, processor, adapter, bench, es.fact_ids, plan, "table2")
+            lines = ["| Word | Top-k | Mod. | Layers | Score | ES | PS | NS |", "|---|---|---|---|---|---|---|---|"]
+            for (label, _, sites), d in zip(plan, docs):
+                word, k = label.split(" top-")
+                s = d["summary"]
+                f = lambda x: "–" if x is None else f"{x:.2f}"  # noqa: E731
+                lines.append(f"| {word} | {k} | {d['mod']} | {', '.join(sites)} | {f(s['Score'])} | {f(s['ES'])} | "
+                             f"{f(s['PS'])} | {f(s['NS'])} |")
+            (out / "table2.md").write_text("\n".join(lines) + "\n")
+            summary["table"] = "table2.md"
+    (out / "results.json").write_text(json.dumps(summary, indent=2))
+    return summary
