@@ -13,7 +13,8 @@ from __future__ import annotations
 from typing import Any
 
 from ..rates import RateChain, Stage
-from .base import BCT, BTC, SEQ, TUPLE0, AdapterSpec, Component, placeholder_slots
+from .base import BCT, BTC, SEQ, AdapterSpec, Component, placeholder_slots
+from .blocks import decoder, whisper_encoder
 
 A = "model.audio_tower"
 T = "model.language_model"
@@ -57,24 +58,11 @@ ADAPTER = AdapterSpec(
     sites={
         # forward (execution) order: the token embedding runs before the audio tower
         "text.embed": Component(f"{T}.embed_tokens", TD, stage=SEQ),
-        "audio.conv1": Component(f"{A}.conv1", AD, layout=BCT, stage="mel"),
-        "audio.conv2": Component(f"{A}.conv2", AD, layout=BCT, stage="encoder"),
-        "audio.layers.{i}.attn": Component(f"{A}.layers.{{i}}.self_attn", AD, out=TUPLE0, stage="encoder"),
-        "audio.layers.{i}.mlp.down": Component(
-            f"{A}.layers.{{i}}.fc2", AD, stage="encoder", in_dim="audio_config.encoder_ffn_dim"
-        ),
-        "audio.layers.{i}.mlp": Component(f"{A}.layers.{{i}}.fc2", AD, stage="encoder"),
-        "audio.layers.{i}.resid": Component(f"{A}.layers.{{i}}", AD, stage="encoder", in_dim=AD),
+        **whisper_encoder(A),
         "audio.pool": Component(f"{A}.avg_pooler", AD, layout=BCT, stage="token"),
         "audio.norm": Component(f"{A}.layer_norm", AD, layout=BTC, stage="token"),
         "proj": Component("model.multi_modal_projector", TD, stage="token"),
-        "text.layers.{i}.attn": Component(f"{T}.layers.{{i}}.self_attn", TD, out=TUPLE0),
-        "text.layers.{i}.mlp.down": Component(
-            f"{T}.layers.{{i}}.mlp.down_proj", TD, in_dim="text_config.intermediate_size"
-        ),
-        "text.layers.{i}.mlp": Component(f"{T}.layers.{{i}}.mlp", TD),
-        "text.layers.{i}.resid": Component(f"{T}.layers.{{i}}", TD, in_dim=TD),
-        "text.norm": Component(f"{T}.norm", TD),
+        **decoder(T),
         "text.logits": Component("lm_head", "text_config.vocab_size"),
     },
     rate_chain=qwen2_audio_rate_chain,

@@ -29,7 +29,8 @@ import torch
 
 from ..errors import AdapterError
 from ..rates import RateChain, Stage
-from .base import BCT, SEQ, TUPLE0, WINDOWS, AdapterSpec, Component, config_get
+from .base import BCT, SEQ, WINDOWS, AdapterSpec, Component, config_get
+from .blocks import decoder, encoder_layers, whisper_encoder
 
 W = "speech_encoder"
 BE = "beats"
@@ -98,25 +99,11 @@ ADAPTER = AdapterSpec(
     },
     sites={
         # forward order: SALMONN encodes speech (Whisper, then BEATs), then embeds the prompt text
-        "audio.conv1": Component(f"{W}.conv1", AD, layout=BCT, stage="mel"),
-        "audio.conv2": Component(f"{W}.conv2", AD, layout=BCT, stage="encoder"),
-        "audio.layers.{i}.attn": Component(f"{W}.layers.{{i}}.self_attn", AD, out=TUPLE0, stage="encoder"),
-        "audio.layers.{i}.mlp.down": Component(
-            f"{W}.layers.{{i}}.fc2", AD, stage="encoder", in_dim="audio_config.encoder_ffn_dim"
-        ),
-        "audio.layers.{i}.mlp": Component(f"{W}.layers.{{i}}.fc2", AD, stage="encoder"),
-        "audio.layers.{i}.resid": Component(f"{W}.layers.{{i}}", AD, stage="encoder", in_dim=AD),
+        **whisper_encoder(W),
         "audio.norm": Component(f"{W}.layer_norm", AD, stage="encoder"),
         "audio.ln_speech": Component("ln_speech", AD, stage="encoder"),
         "audio.beats_conv": Component(f"{BE}.patch_embedding", BD, layout=BCT, stage="encoder"),
-        "audio.beats.layers.{i}.attn": Component(
-            f"{BE}.encoder.layers.{{i}}.self_attn", BD, out=TUPLE0, stage="encoder"
-        ),
-        "audio.beats.layers.{i}.mlp.down": Component(
-            f"{BE}.encoder.layers.{{i}}.fc2", BD, stage="encoder", in_dim="beats_config.encoder_ffn_dim"
-        ),
-        "audio.beats.layers.{i}.mlp": Component(f"{BE}.encoder.layers.{{i}}.fc2", BD, stage="encoder"),
-        "audio.beats.layers.{i}.resid": Component(f"{BE}.encoder.layers.{{i}}", BD, stage="encoder", in_dim=BD),
+        **encoder_layers(f"{BE}.encoder.layers", stream="audio.beats.layers", dim=BD, ffn="beats_config.encoder_ffn_dim"),
         "audio.beats_norm": Component("ln_audio", BD, stage="encoder"),
         "proj.layers.{i}.attn": _qformer(f"{Q}.{{i}}.crossattention", QD),
         "proj.layers.{i}.mlp.down": _qformer(f"{Q}.{{i}}.output_query.dense", QD,
@@ -125,13 +112,7 @@ ADAPTER = AdapterSpec(
         "proj.layers.{i}.resid": _qformer(f"{Q}.{{i}}", QD, in_dim=QD),
         "proj": _qformer("speech_llama_proj", TD),
         "text.embed": Component(f"{T}.embed_tokens", TD, stage=SEQ),
-        "text.layers.{i}.attn": Component(f"{T}.layers.{{i}}.self_attn", TD, out=TUPLE0),
-        "text.layers.{i}.mlp.down": Component(
-            f"{T}.layers.{{i}}.mlp.down_proj", TD, in_dim="text_config.intermediate_size"
-        ),
-        "text.layers.{i}.mlp": Component(f"{T}.layers.{{i}}.mlp", TD),
-        "text.layers.{i}.resid": Component(f"{T}.layers.{{i}}", TD, in_dim=TD),
-        "text.norm": Component(f"{T}.norm", TD),
+        **decoder(T),
         "text.logits": Component(f"{L}.lm_head", "text_config.vocab_size"),
     },
     rate_chain=salmonn_rate_chain,

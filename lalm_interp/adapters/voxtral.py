@@ -17,7 +17,8 @@ from __future__ import annotations
 from typing import Any
 
 from ..rates import RateChain, Stage
-from .base import BCT, SEQ, TUPLE0, WINDOWS, AdapterSpec, Component, config_get, placeholder_slots
+from .base import SEQ, WINDOWS, AdapterSpec, Component, config_get, placeholder_slots
+from .blocks import decoder, whisper_encoder
 
 A = "model.audio_tower"
 T = "model.language_model"
@@ -64,26 +65,13 @@ ADAPTER = AdapterSpec(
     layer_counts={"audio": "audio_config.encoder_layers", "text": "text_config.num_hidden_layers"},
     sites={
         "text.embed": Component(f"{T}.embed_tokens", TD, stage=SEQ),
-        "audio.conv1": Component(f"{A}.conv1", AD, layout=BCT, stage="mel"),
-        "audio.conv2": Component(f"{A}.conv2", AD, layout=BCT, stage="encoder"),
-        "audio.layers.{i}.attn": Component(f"{A}.layers.{{i}}.self_attn", AD, out=TUPLE0, stage="encoder"),
-        "audio.layers.{i}.mlp.down": Component(
-            f"{A}.layers.{{i}}.fc2", AD, stage="encoder", in_dim="audio_config.encoder_ffn_dim"
-        ),
-        "audio.layers.{i}.mlp": Component(f"{A}.layers.{{i}}.fc2", AD, stage="encoder"),
-        "audio.layers.{i}.resid": Component(f"{A}.layers.{{i}}", AD, stage="encoder", in_dim=AD),
+        **whisper_encoder(A),
         "audio.norm": Component(f"{A}.layer_norm", AD, stage="encoder"),
         "proj": Component(
             "model.multi_modal_projector", TD, layout=WINDOWS, stage="token", windows=tokens_per_window,
             in_dim="audio_config.intermediate_size",
         ),
-        "text.layers.{i}.attn": Component(f"{T}.layers.{{i}}.self_attn", TD, out=TUPLE0),
-        "text.layers.{i}.mlp.down": Component(
-            f"{T}.layers.{{i}}.mlp.down_proj", TD, in_dim="text_config.intermediate_size"
-        ),
-        "text.layers.{i}.mlp": Component(f"{T}.layers.{{i}}.mlp", TD),
-        "text.layers.{i}.resid": Component(f"{T}.layers.{{i}}", TD, in_dim=TD),
-        "text.norm": Component(f"{T}.norm", TD),
+        **decoder(T),
         "text.logits": Component("lm_head", "text_config.vocab_size"),
     },
     rate_chain=voxtral_rate_chain,
