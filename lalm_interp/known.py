@@ -21,6 +21,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from .errors import ScoringError
 from .inputs import DEFAULT_INSTRUCTION, build_inputs
 from .scoring import next_token_logprobs, object_prefix, object_token_ids
 
@@ -40,8 +41,9 @@ class FirstTokenScores:
 def _target(item: Any, target: str) -> str:
     obj = getattr(item, target, None)
     if not obj:
-        raise ValueError(f"item {getattr(item, 'item_id', item)!r} has no {target}; known-fact scoring needs "
-                         "target_true (or pass target='target_new' only for items that have one).")
+        raise ScoringError(f"item {getattr(item, 'item_id', item)!r} has no {target!r}; known-fact scoring "
+                           "needs an object string there (target_true for benchmark items; pass "
+                           "target='target_new' only for items that have one).")
     return obj
 
 

@@ -57,8 +57,8 @@ def evaluate_groups(model, processor, adapter, groups: dict[str, Sequence[Any]],
 
 def relation_first_tokens(items: Sequence[Any], tokenizer: Any, prefix: str = "",
                           relation_of: dict[str, str] | None = None) -> dict[str, set[int]]:
-    """Relation key → first token ids of all objects seen with it. The relation key of an item is
-    ``relation_of[item.fact_id]`` (default: the item's fact id prefix is not enough, so pass it)."""
+    """Relation key → first token ids of every object seen with it in ``items``. An item's relation
+    key is ``relation_of[item.fact_id]`` (its fact id when ``relation_of`` lacks it)."""
     rel: dict[str, set[int]] = {}
     for it in items:
         key = (relation_of or {}).get(it.fact_id, it.fact_id)

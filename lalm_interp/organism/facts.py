@@ -167,3 +167,10 @@ def corpus(facts: Sequence[Fact], instruction: str) -> list[str]:
             texts.append(f"{p} {o}.")
             texts += [o] * 4
     return texts
+
+
+def fitting(items: Sequence[Item], processor) -> list[Item]:
+    """The items whose clip fits the encoder window of ``processor`` (the organism's is 3 s;
+    ``build_inputs`` refuses longer clips). Use it before scoring a freshly built benchmark."""
+    n = int(processor.feature_extractor.n_samples)
+    return [it for it in items if it.n_samples <= n]

@@ -14,7 +14,6 @@ import torch
 from .. import adapters
 from ..bench import load_facts
 from ..known import first_token_scores
-from ..scoring import object_prefix
 from . import export as E
 from .evaluate import corruption_effect, evaluate_groups, relation_first_tokens
 from .facts import build_benchmark, choose_facts, select
@@ -32,7 +31,7 @@ def full_metrics(model, processor, adapter, sel, facts, recipe: Recipe, *, n_cor
     torch.set_num_threads(recipe.threads)
     metrics = evaluate_groups(model, processor, adapter, sel.groups, instruction=recipe.instruction)
     rel_of = relation_map(facts)
-    pre = object_prefix(adapter, type("B", (), {"style": "chat"})())
+    pre = adapter.spec.object_prefix.get("chat" if processor.chat_template else "plain", "")
     rel_tok = relation_first_tokens(sel.train, processor.tokenizer, pre, rel_of)
     r0 = recipe.train_renditions[0]
     edit = [it for it in sel.groups["train_edit"] if str(it.rendition) == r0]
@@ -105,10 +104,9 @@ def subset_items(subset: list[dict[str, Any]], work: str | Path, recipe: Recipe)
 
     work = Path(work)
     facts = {f.fact_id: f for f in load_facts("counterfact")}
-    by_r: dict[tuple[str, tuple[str, ...]], list[str]] = {}
+    by_r: dict[str, list[str]] = {}
     for e in subset:
-        key = e["rendition"]
-        by_r.setdefault(key, []).append(e["fact_id"])
+        by_r.setdefault(e["rendition"], []).append(e["fact_id"])
     items = {}
     for k, (r, fids) in enumerate(sorted(by_r.items())):
         forms = sorted({e["form"] for e in subset if e["rendition"] == r})

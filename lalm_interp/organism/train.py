@@ -22,7 +22,6 @@ from typing import Any, Callable, Sequence
 import torch
 
 from .. import adapters
-from ..bench.store import Item
 from . import data as D
 from .facts import Selection, build_benchmark, choose_facts, corpus, select
 from .recipe import Recipe
@@ -182,11 +181,3 @@ def train(recipe: Recipe = Recipe(), work: str | Path = "organism-work", *, minu
         model.eval()
     return TrainResult(model, processor, sel, facts, log, prep_s + (time.time() - t0),
                        step if step < recipe.steps else recipe.steps, vocab)
-
-
-def loss_curve(recipe: Recipe, work: str | Path, steps: int, log_every: int = 10) -> tuple[list[float], Any]:
-    """Short run (``steps`` steps of the recipe's schedule shape) → (losses every ``log_every``, model);
-    used by the reproducibility test."""
-    r = recipe.replace(steps=steps)
-    res = train(r, work, log_every=log_every, progress=False)
-    return [e["loss"] for e in res.log], res.model

@@ -6,7 +6,6 @@ import json
 import time
 
 import pytest
-import torch
 
 from lalm_interp.known import first_token_scores, known_scorer
 from lalm_interp.organism.recipe import Recipe

@@ -4,7 +4,6 @@ equally long non-subject span does not, on 20 known facts of the shipped organis
 from __future__ import annotations
 
 import pytest
-import torch
 
 from lalm_interp.organism.evaluate import corruption_effect, non_subject_span, relation_first_tokens
 from lalm_interp.organism.recipe import Recipe
