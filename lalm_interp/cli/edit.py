@@ -96,6 +96,13 @@ def run(args) -> int:
     store = Store(args.cache) if args.cache else Store()
     corpus = key_corpus(args, bench, say) if needs_stats(editor) else None
     ctx = EditContext(model, processor, adapter, store=store, corpus=corpus)
+    if corpus is not None and getattr(args, "executor", "local") != "local":
+        from lalm_interp.executors import from_cli, key_stats_sharded
+
+        with from_cli(args, str(args.model)) as ex:  # statistics in corpus chunks on the workers
+            for site in editor.resolve_sites(adapter):
+                say(f"key statistics at {site.with_port('in')} on {ex!r}")
+                key_stats_sharded(ex, corpus, site, store=store, model=ctx.fingerprint)
     acc = {"accumulate": True, "reset": False, None: None}[args.mode]
     meta = {"model": str(args.model), "model_source": loaded.source, "fingerprint": ctx.fingerprint,
             "bench": str(Path(args.bench).resolve()), "word": args.word,
@@ -135,5 +142,8 @@ def register(sub) -> None:
     r.add_argument("--librispeech", default=None, help="LibriSpeech split folder to use as the corpus instead")
     r.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     r.add_argument("--quiet", action="store_true")
+    from lalm_interp.executors import add_cli_options
+
+    add_cli_options(r)
     r.set_defaults(func=run)
     p.set_defaults(func=lambda a: (p.print_help(), 0)[1])

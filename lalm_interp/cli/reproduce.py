@@ -15,7 +15,10 @@ def run(args) -> int:
         audio_layers=tuple(args.audio_layers) if args.audio_layers else None,
         text_layers=tuple(args.text_layers) if args.text_layers else None,
     )
-    print(json.dumps(run_reproduce(cfg), indent=2))
+    from lalm_interp.executors import from_cli, using
+
+    with using(from_cli(args, args.model)):  # the tracing stage runs on this executor
+        print(json.dumps(run_reproduce(cfg), indent=2))
     return 0
 
 
@@ -35,4 +38,7 @@ def register(sub) -> None:
     p.add_argument("--word", choices=["first", "last"], default="last")
     p.add_argument("--audio-layers", type=int, nargs="+", default=None)
     p.add_argument("--text-layers", type=int, nargs="+", default=None)
+    from lalm_interp.executors import add_cli_options
+
+    add_cli_options(p)
     p.set_defaults(func=run)

@@ -29,8 +29,14 @@ def run(args) -> int:
     exp = experiment_from_file(args.spec)
     if args.max_window is not None:
         exp = replace(exp, restores=tuple(replace(r, window=min(r.window, args.max_window)) for r in exp.restores))
-    model, processor, adapter = load_model(args.model)
-    exp.validate(adapter)
+    from lalm_interp.executors import from_cli
+
+    executor = from_cli(args, args.model)
+    if executor is None:
+        model, processor, adapter = load_model(args.model)
+        exp.validate(adapter)
+    else:  # the workers load the model (and validate the spec); the driver only schedules and merges
+        model = processor = adapter = None
     bench = Benchmark.open(args.bench)
     fact_ids = None
     if args.facts:
@@ -41,9 +47,14 @@ def run(args) -> int:
         from lalm_interp.cache import Store
 
         store = Store(args.cache)
-    agg = run_experiment(model, processor, adapter, prompts, exp, args.out,
-                         provenance={"model": args.model, "dataset": str(args.bench)}, store=store,
-                         progress=not args.no_progress)
+    try:
+        agg = run_experiment(model, processor, adapter, prompts, exp, args.out,
+                             provenance={"model": args.model, "dataset": str(args.bench)}, store=store,
+                             progress=not args.no_progress, executor=executor,
+                             shard_size=getattr(args, "shard_size", None))
+    finally:
+        if executor is not None:
+            executor.close()
     import numpy as np
 
     summary = {
@@ -77,5 +88,8 @@ def register(sub) -> None:
                    help="cap every Restore.window at N layers (the paper's 10 on a 6-layer model: use 3)")
     r.add_argument("--cache", default=None, help="cache root for Read specs (default $LALM_INTERP_CACHE or ./cache)")
     r.add_argument("--no-progress", action="store_true")
+    from lalm_interp.executors import add_cli_options
+
+    add_cli_options(r)
     r.set_defaults(func=run)
     p.set_defaults(func=lambda a: p.print_help() or 0)

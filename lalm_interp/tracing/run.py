@@ -76,12 +76,34 @@ def run_experiment(
     store: Any = None,
     progress: bool = True,
     plots: bool = True,
+    executor: Any = None,
+    shard_size: int | None = None,
 ) -> xr.Dataset:
-    """Trace every prompt (skipping completed ones), aggregate, plot; returns the aggregate."""
-    exp.validate(adapter)
+    """Trace every prompt (skipping completed ones), aggregate, plot; returns the aggregate.
+
+    executor: run the examples in shards on a ``lalm_interp.executors`` executor (e.g. a
+    ``RayExecutor`` whose workers load the model themselves: ``model``/``processor``/``adapter`` may
+    then be ``None``); default: the one set by ``executors.using``, else this process, in order.
+    shard_size: examples per shard for an executor (default: about four shards per worker).
+    """
+    if executor is None:
+        from ..executors import current
+
+        executor = current()
+    if adapter is not None:
+        exp.validate(adapter)
     out = Path(out)
     _write_manifest(out, exp, provenance or {})
     prompts = list(prompts)
+    if executor is not None:
+        from ..executors.tracing import trace_sharded
+
+        if getattr(executor, "name", "") == "local" and model is not None:
+            executor = executor.with_state((model, processor, adapter))
+        results, done = trace_sharded(executor, prompts, exp, out, shard_size=shard_size,
+                                      store_root=str(store.root) if store is not None else None,
+                                      provenance=provenance, progress=progress)
+        return _finish(results, exp, out, done, plots)
     done = 0
     bar = None
     if progress:
@@ -104,6 +126,10 @@ def run_experiment(
             bar.update(1)
     if bar is not None:
         bar.close()
+    return _finish(results, exp, out, done, plots)
+
+
+def _finish(results: list[xr.Dataset], exp: Experiment, out: Path, done: int, plots: bool) -> xr.Dataset:
     agg = aggregate(results, exp)
     agg.attrs["n_traced_now"] = done
     write_atomic_netcdf(agg, out / "aie.nc")

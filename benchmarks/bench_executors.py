@@ -1,0 +1,104 @@
+"""Scale-out benchmark: one fixed tracing job, in-process vs. a local Ray pool.
+
+The job: ``--n`` spoken prompts (espeak-ng, Known-1000 facts) traced with a small span-mode
+experiment (audio MLP window 3 + text residual window 1) on ``--model`` (default ``tiny-random``).
+
+Measured, each on a fresh output folder:
+
+* ``local``: ``run_experiment`` in this process (torch with ``--threads`` threads);
+* ``ray``: the same job on ``--workers`` Ray actors (1 CPU each, so torch uses 1 thread per
+  actor), timed on warm actors; Ray start-up + model loading is reported separately;
+* the scheduling overhead per shard: the round trip of a no-op shard function on the warm pool,
+  and (ray time − ideal time) / shards, where ideal = per-example local work spread over workers.
+
+The results of both runs are compared (they must be identical). Prints one JSON object.
+
+    python benchmarks/bench_executors.py [--n 8] [--workers 2] [--shard-size 1] [--model tiny-random]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=8, help="prompts traced")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--shard-size", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=2, help="torch threads of the local run")
+    ap.add_argument("--model", default="tiny-random")
+    args = ap.parse_args()
+
+    import torch
+    import xarray as xr
+
+    torch.set_num_threads(args.threads)
+    import ray
+
+    from lalm_interp.bench.builder import build
+    from lalm_interp.bench.datasets import load_facts
+    from lalm_interp.bench.store import Benchmark
+    from lalm_interp.cli.trace import load_model
+    from lalm_interp.executors import RayExecutor
+    from lalm_interp.executors.ray_executor import timed_noop
+    from lalm_interp.specs import Corrupt, Experiment, Restore
+    from lalm_interp.tracing.run import prompts_from_bench, run_experiment
+
+    exp = Experiment("bench-executors", corrupt=Corrupt(scale=3.0), restores=(
+        Restore("audio.layers.*.mlp", window=3, positions=("first_subject_word",)),
+        Restore("text.layers.*.resid", window=1, positions=("last_subject_word", "last_token")),
+    ))
+    work = Path(tempfile.mkdtemp(prefix="bench_exec_"))
+    try:
+        build(load_facts("known1000", limit=args.n), work / "bench", renditions=1, forms=("prompt",), progress=False)
+        prompts = prompts_from_bench(Benchmark.open(work / "bench"))
+        model, processor, adapter = load_model(args.model)
+
+        t = time.perf_counter()
+        run_experiment(model, processor, adapter, prompts, exp, work / "local", progress=False, plots=False)
+        t_local = time.perf_counter() - t
+
+        t = time.perf_counter()
+        ray.init(num_cpus=args.workers, include_dashboard=False, log_to_driver=False,
+                 _temp_dir=tempfile.mkdtemp(prefix="ray_", dir="/tmp"))
+        ex = RayExecutor(args.model, workers=args.workers).start()
+        t_start = time.perf_counter() - t
+        try:
+            t = time.perf_counter()
+            run_experiment(None, None, None, prompts, exp, work / "ray", progress=False, plots=False,
+                           executor=ex, shard_size=args.shard_size)
+            t_ray = time.perf_counter() - t
+            noop = timed_noop(ex, 50)
+        finally:
+            ex.close()
+            ray.shutdown()
+
+        same = all(
+            xr.load_dataset(p, engine="h5netcdf").identical(xr.load_dataset(work / "ray" / "examples" / p.name,
+                                                                            engine="h5netcdf"))
+            for p in (work / "local" / "examples").glob("*.nc"))
+        shards = -(-len(prompts) // args.shard_size)
+        ideal = t_local / args.workers
+        print(json.dumps({
+            "model": args.model, "examples": len(prompts), "workers": args.workers, "shard_size": args.shard_size,
+            "shards": shards, "cpus": os.cpu_count(), "local_threads": args.threads,
+            "local_s": round(t_local, 2), "ray_s": round(t_ray, 2),
+            "ray_over_local": round(t_ray / t_local, 2),
+            "ray_startup_s": round(t_start, 2),
+            "noop_shard_roundtrip_ms": round(1000 * noop, 2),
+            "overhead_per_shard_vs_ideal_s": round((t_ray - ideal) / shards, 3),
+            "identical_results": bool(same),
+        }, indent=2))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

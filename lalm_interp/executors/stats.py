@@ -1,0 +1,91 @@
+"""Sharded key statistics: the corpus is cut into chunks of whole batches; each worker computes a
+:class:`~lalm_interp.cache.SecondMoment` for its chunk and writes it as an atomic partial file
+(``<cache>/stats-partial/<site>/<digest>/chunk-<i>-of-<n>-<size>.h5``, so a restarted job skips
+finished chunks); the driver merges the chunks in index order (deterministic) and caches the result
+with ``Store.put_stats`` — then the partial files are removed."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from .base import ExecutorError, chunks, fault_spec, maybe_fail
+
+
+def stats_chunk(state: Any, payload: dict[str, Any]) -> Any:
+    """Shard function: the SecondMoment of the keys at ``payload["site"]`` over ``payload["clips"]``
+    (loaded from / written to ``payload["path"]`` when given)."""
+    from ..cache import SecondMoment
+    from ..editors.base import EditContext, EditorError, KeyCorpus
+    from ..editors.keys import corpus_keys
+    from ..sites import parse
+
+    path = Path(payload["path"]) if payload.get("path") else None
+    if path is not None and path.exists():
+        return SecondMoment.load(path)
+    model, processor, adapter = state
+    corpus = KeyCorpus(payload["corpus_id"], payload["clips"], payload["batch_size"], payload["instruction"])
+    ctx = EditContext(model, processor, adapter, corpus=corpus, fingerprint="chunk")
+    acc = SecondMoment()
+    try:
+        for k, batch in enumerate(corpus_keys(ctx, parse(payload["site"]))):
+            maybe_fail(payload.get("fault"), payload["shard"], k)
+            acc.update(batch)
+    except EditorError:
+        if acc.count:  # only "no clip of this chunk fits the window" is expected here
+            raise
+    if path is not None and acc.count:
+        acc.save(path, {"site": payload["site"], "corpus": payload["corpus_id"], "chunk": payload["shard"]})
+    return acc
+
+
+def key_stats_sharded(executor: Any, corpus: Any, site: Any, *, store: Any = None, model: str | None = None,
+                      chunk_batches: int | None = None, recompute: bool = False) -> Any:
+    """Statistics of the keys at ``site`` over ``corpus`` (a ``KeyCorpus``), computed in chunks of
+    ``chunk_batches`` × ``corpus.batch_size`` clips on ``executor`` (default: two chunks per
+    worker — every chunk's partial result is a d × d float64 matrix, ~1 GB at a 7B model's
+    ``mlp.down@in``, so many small chunks cost more than they balance).
+
+    With ``store`` and ``model`` (the model fingerprint, as in ``EditContext.fingerprint``) the
+    result is read from / cached in the store exactly where ``editors.keys.key_stats`` looks, so a
+    later edit run finds it. Equals the single-process statistics up to float64 rounding (the
+    batches are the same; only the order of the exact pairwise merges differs).
+    """
+    from ..cache import SecondMoment
+    from ..cache.layout import stats_dir
+    from ..cache.stats import stats_path
+    from ..sites import parse
+
+    s = str(parse(site).with_port("in"))  # what editors.keys.key_stats uses
+    final = None
+    if store is not None:
+        if not model:
+            raise ExecutorError("key_stats_sharded(store=...) needs model= (the fingerprint the stats are keyed by).")
+        final = stats_path(stats_dir(store.root), s, model, corpus.id)
+        if final.exists() and not recompute:
+            return SecondMoment.load(final)
+    if chunk_batches is None:
+        n_batches = -(-len(corpus.clips) // corpus.batch_size)
+        chunk_batches = max(1, -(-n_batches // (2 * max(getattr(executor, "workers", 1), 1))))
+    size = chunk_batches * corpus.batch_size
+    pieces = chunks(len(corpus.clips), size)
+    part_dir = None
+    if final is not None:
+        part_dir = store.root / "stats-partial" / s / final.stem
+    fault = fault_spec()
+    payloads = [{"shard": i, "site": s, "clips": [corpus.clips[j] for j in r], "corpus_id": corpus.id,
+                 "batch_size": corpus.batch_size, "instruction": corpus.instruction, "fault": fault,
+                 "path": str(part_dir / f"chunk-{i:05d}-of-{len(pieces):05d}-{size}.h5") if part_dir else None}
+                for i, r in enumerate(pieces)]
+    parts = executor.map(stats_chunk, payloads)
+    total = SecondMoment()
+    for p in parts:  # fixed order: deterministic
+        total.merge(p)
+    if total.count == 0:
+        raise ExecutorError(f"key statistics for {s}: no clip of corpus {corpus.id!r} fits the encoder window; "
+                            "use shorter utterances.")
+    if store is not None:
+        total = store.put_stats(s, total, model=model, corpus=corpus.id)
+        shutil.rmtree(part_dir, ignore_errors=True)
+    return total

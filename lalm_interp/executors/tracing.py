@@ -1,0 +1,125 @@
+"""Sharded tracing: shards are groups of examples; every example's result is its own atomic file
+(``OUT/examples/<safe id>.nc``), so a shard that is retried — or a job that is restarted — skips
+the examples already written and nothing is computed or written twice.
+
+The driver (:func:`trace_sharded`, called by ``run_experiment(..., executor=...)``) sends each
+worker a shard (examples + the serialised experiment), then opens every per-example file lazily
+(xarray + dask) for :func:`~lalm_interp.tracing.causal.aggregate`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import xarray as xr
+
+from .base import chunks, fault_spec, maybe_fail
+
+
+def example_path(out: Path, example_id: str) -> Path:
+    from ..tracing.run import _safe
+
+    return out / "examples" / f"{_safe(example_id)}.nc"
+
+
+def trace_shard(state: Any, payload: dict[str, Any]) -> list[tuple[str, bool]]:
+    """Shard function: trace each ``(index, prompt)`` of ``payload["items"]`` whose result file is
+    missing, write it atomically, record ``Read`` sites into the cache (``store_root``) when the
+    experiment has any. Returns ``[(example id, traced now?)]``."""
+    from ..specs import Experiment
+    from ..tracing.causal import trace_example
+    from ..tracing.run import write_atomic_netcdf, write_reads
+
+    model, processor, adapter = state
+    exp = Experiment.from_json(payload["experiment"])
+    exp.validate(adapter)
+    out = Path(payload["out"])
+    store = None
+    if payload.get("store_root") and exp.reads:
+        from ..cache import Store
+
+        store = Store(payload["store_root"])
+    done = []
+    for k, (index, ex) in enumerate(payload["items"]):
+        maybe_fail(payload.get("fault"), payload["shard"], k)
+        path = example_path(out, ex.id)
+        traced = False
+        if not path.exists():
+            write_atomic_netcdf(trace_example(model, processor, adapter, ex, exp), path)
+            traced = True
+        if store is not None:
+            write_reads(model, processor, adapter, ex, exp, store, payload.get("provenance") or {}, index=index)
+        done.append((ex.id, traced))
+    maybe_fail(payload.get("fault"), payload["shard"], len(payload["items"]))
+    return done
+
+
+def shard_payloads(prompts: Sequence[Any], exp: Any, out: Path, *, shard_size: int,
+                   store_root: str | None = None, provenance: dict[str, Any] | None = None,
+                   skip_done: bool = True) -> list[dict[str, Any]]:
+    """Payloads for :func:`trace_shard`. With ``skip_done`` (and no ``Read`` specs to record),
+    examples whose file exists are not shipped at all."""
+    todo = [(i, ex) for i, ex in enumerate(prompts)
+            if not (skip_done and not (store_root and exp.reads) and example_path(out, ex.id).exists())]
+    fault = fault_spec()
+    return [{"shard": s, "items": [todo[j] for j in r], "experiment": exp.to_json(), "out": str(out),
+             "store_root": store_root, "provenance": provenance or {}, "fault": fault}
+            for s, r in enumerate(chunks(len(todo), shard_size))]
+
+
+def default_shard_size(n: int, workers: int) -> int:
+    """About four shards per worker (load balance vs. per-shard overhead), at most 16 examples."""
+    return max(1, min(16, -(-n // max(4 * workers, 1))))
+
+
+def trace_sharded(executor: Any, prompts: Sequence[Any], exp: Any, out: "str | os.PathLike", *,
+                  shard_size: int | None = None, store_root: str | None = None,
+                  provenance: dict[str, Any] | None = None, progress: bool = True) -> tuple[list[xr.Dataset], int]:
+    """Trace ``prompts`` on ``executor``; returns (per-example Datasets opened lazily, in prompt
+    order; how many examples were traced now)."""
+    out = Path(out)
+    (out / "examples").mkdir(parents=True, exist_ok=True)
+    size = shard_size or default_shard_size(len(prompts), max(executor.workers, 1))
+    payloads = shard_payloads(prompts, exp, out, shard_size=size, store_root=store_root, provenance=provenance)
+    bar = None
+    if progress and payloads:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=sum(len(p["items"]) for p in payloads), desc=f"trace {exp.name} [{executor.name}]",
+                   unit="example")
+    try:
+        res = executor.map(trace_shard, payloads,
+                           on_result=(lambda i, r: bar.update(len(r))) if bar is not None else None)
+    finally:
+        if bar is not None:
+            bar.close()
+    remove_orphan_temps(out / "examples")
+    n_now = sum(traced for shard in res for _, traced in shard)
+    return open_examples(out, [ex.id for ex in prompts]), n_now
+
+
+def remove_orphan_temps(folder: Path) -> list[Path]:
+    """Delete temp files a killed worker left behind (``.<name>.*.tmp``; call once no worker of
+    this run is alive)."""
+    gone = []
+    for p in folder.glob(".*.tmp"):
+        try:
+            p.unlink()
+            gone.append(p)
+        except FileNotFoundError:
+            pass
+    return gone
+
+
+def open_examples(out: "str | os.PathLike", ids: Sequence[str]) -> list[xr.Dataset]:
+    """Every example's result as a lazily loaded (dask-backed) Dataset, in ``ids`` order."""
+    from ..specs import SpecError
+
+    out = Path(out)
+    missing = [i for i in ids if not example_path(out, i).exists()]
+    if missing:
+        raise SpecError(f"{len(missing)} example result(s) missing under {out}/examples (e.g. {missing[0]!r}); "
+                        "rerun the same command to trace them.")
+    return [xr.open_dataset(example_path(out, i), engine="h5netcdf", chunks={}) for i in ids]
