@@ -1,9 +1,15 @@
 """The demo's editing stage: the paper's Table 1 (FT, single-layer, multi-layer × Audio / Text /
 Multi) on the demo benchmark's known facts, layers chosen from the demo's own tracing result.
 
-Layer choice (the paper picks layers by AIE; see ``docs/usage/tracing.md`` and Table 2):
-single-layer edits use the top-1 AIE layer of the MLP family at the keyed word position
-(``last_subject_word``); multi-layer edits use the top-3 layers (sorted).
+Layer choice (the paper picks layers by AIE per word position; see ``docs/usage/tracing.md`` and
+Table 2): each stream's layers are the top AIE layers of its MLP family **at the position the
+editors key at** (their default ``key_span="auto"``): audio layers at ``last_subject_word`` (the
+subject word's encoder frames), text layers at ``last_token`` (on the organism the text MLPs'
+effect peaks at the last token, not at the subject's audio tokens). Single-layer edits use the
+top-1 layer, multi-layer edits the top-3 (sorted). The edit prompts are keyed on the last subject
+word (``WORD``). The unedited baseline is scored once and shared by all nine rows; key statistics
+are computed once per site and cached in ``<out>/cache``. The stage runs torch on one thread
+(two OpenMP threads on a shared 2-core machine stalled each other, see the organism recipe).
 """
 
 from __future__ import annotations
@@ -15,12 +21,17 @@ import xarray as xr
 
 WORD = "last"
 SPAN = "last_subject_word"
+SPANS = {"audio": "last_subject_word", "text": "last_token"}
+"""The tracing span each stream's layers are chosen at (where the editors key by default)."""
 
 
 def choose_layers(agg: xr.Dataset, stream: str, k: int) -> list[int]:
     from .tracing.select import top_layers
 
-    return top_layers(agg, f"{stream}.mlp", SPAN, k)
+    span = SPANS[stream]
+    if span not in agg["span"].values:  # an older trace without the last-token span
+        span = SPAN
+    return top_layers(agg, f"{stream}.mlp", span, k)
 
 
 def table1_plan(agg: xr.Dataset) -> list[tuple[str, str, list[str]]]:
@@ -45,6 +56,7 @@ def table1_plan(agg: xr.Dataset) -> list[tuple[str, str, list[str]]]:
 
 def table1(cfg: Any, model, processor, adapter, bench, known: list[str], recipe) -> tuple[list[dict], str]:
     """Run the nine rows; returns (rows for results.json, the Markdown table)."""
+    import torch
     from tqdm.auto import tqdm
 
     from . import evaluation
@@ -65,23 +77,36 @@ def table1(cfg: Any, model, processor, adapter, bench, known: list[str], recipe)
     results = []
     rows = []
     plan = table1_plan(agg)
-    for label, name, sites in tqdm(plan, desc="Table 1", unit="row"):
-        editor = make(name, sites)
-        res = evaluation.run(editor, ctx, cases, meta={"model": cfg.model, "bench": str(out / "bench")})
-        mod = evaluation.modality(sites)
-        dest = out / "edits" / f"{mod}-{label}".replace(" ", "_").replace("→", "-")
-        res.save(dest)
-        doc = res.to_json()
-        doc["label"] = f"{label} ({editor.label})" if hasattr(editor, "label") else label
-        results.append(doc)
-        s = res.summary
-        rows.append({"modality": {"Audio→Text": "Multi"}.get(mod, mod), "method": label, "editor": name,
-                     "sites": sites, "score": s["Score"], "es": s["ES"], "ps": s["PS"], "ns": s["NS"]})
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        before = evaluation.score_before(ctx, cases)  # the unedited model: scored once for all rows
+        for label, name, sites in tqdm(plan, desc="Table 1", unit="row"):
+            editor = make(name, sites)
+            res = evaluation.run(editor, ctx, cases, before=before,
+                                 meta={"model": cfg.model, "bench": str(out / "bench")})
+            _row(res, editor, label, name, sites, out, results, rows)
+    finally:
+        torch.set_num_threads(threads)
     md = evaluation.table(results)
     b = results[0]["baseline"]
     rows.insert(0, {"modality": "–", "method": "Unedited", "editor": "-", "sites": [], "score": b["Score"],
                     "es": b["ES"], "ps": b["PS"], "ns": b["NS"]})
     return rows, md
+
+
+def _row(res, editor, label: str, name: str, sites: list[str], out: Path, results: list, rows: list) -> None:
+    from . import evaluation
+
+    mod = evaluation.modality(sites)
+    dest = out / "edits" / f"{mod}-{label}".replace(" ", "_").replace("→", "-")
+    res.save(dest)
+    doc = res.to_json()
+    doc["label"] = f"{label} ({editor.label})" if hasattr(editor, "label") else label
+    results.append(doc)
+    s = res.summary
+    rows.append({"modality": {"Audio→Text": "Multi"}.get(mod, mod), "method": label, "editor": name,
+                 "sites": sites, "score": s["Score"], "es": s["ES"], "ps": s["PS"], "ns": s["NS"]})
 
 
 def _accepts_exclude() -> bool:

@@ -213,13 +213,21 @@ def modality(sites: Sequence[str]) -> str:
     return "Audio→Text"
 
 
+def score_before(ctx: EditContext, cases: Sequence[EditCase]) -> list[dict[str, Any]]:
+    """The unedited scores of every case (:func:`score_case`), to share between several :func:`run`
+    calls on the same model (``run(..., before=...)``): the baseline is then scored once, not per editor."""
+    return [score_case(ctx, c) for c in cases]
+
+
 def run(editor: Editor, ctx: EditContext, cases: Sequence[EditCase], *, accumulate: bool | None = None,
-        meta: dict[str, Any] | None = None, progress: Callable[[str], None] | None = None) -> RunResult:
+        meta: dict[str, Any] | None = None, progress: Callable[[str], None] | None = None,
+        before: Sequence[dict[str, Any]] | None = None) -> RunResult:
     """Score every case before editing, edit, score after. ``accumulate=False``: edit, score and
     revert case by case; ``True``: apply all edits in order (no reset), score all, then revert all.
     Default: the editor's own mode (single-layer reset, multi-layer accumulate). A case whose edit
     raises a :class:`~lalm_interp.errors.LalmInterpError` (e.g. :class:`EditorError`) is recorded
-    with its error and left out of the metrics."""
+    with its error and left out of the metrics. ``before``: the unedited scores from
+    :func:`score_before` on the same (unedited) model and cases, reused instead of rescored."""
     acc = editor.accumulates if accumulate is None else bool(accumulate)
     say = progress or (lambda s: None)
     editor.reset()
@@ -228,8 +236,11 @@ def run(editor: Editor, ctx: EditContext, cases: Sequence[EditCase], *, accumula
     handles = []
     t0 = time.time()
     edit_s = 0.0
-    for case in cases:
-        records.append({"case_id": case.case_id, "request": case.request.to_json(), "before": score_case(ctx, case)})
+    if before is not None and len(before) != len(cases):
+        raise EditorError(f"before= has {len(before)} score records for {len(cases)} cases; use score_before(ctx, cases).")
+    for i, case in enumerate(cases):
+        b = before[i] if before is not None else score_case(ctx, case)
+        records.append({"case_id": case.case_id, "request": case.request.to_json(), "before": b})
     try:
         for i, (case, rec) in enumerate(zip(cases, records)):
             t = time.time()

@@ -12,7 +12,7 @@ import torch
 from ..cache import nullspace_projector
 from ..sites import Site
 from .base import EditContext, EditHandle, Editor, EditorError, EditRequest, register, require_mlp_down
-from .keys import key_stats, optimise_delta, pooled, prepare, prepare_prompt
+from .keys import KEY_SPANS, key_span_name, key_stats, optimise_delta, pooled, prepare, prepare_prompt
 
 
 @dataclass(frozen=True)
@@ -22,7 +22,8 @@ class AlphaEditHParams:
     steps / lr / weight_decay / kl_factor / clamp_norm_factor / stop_nll: the v* optimisation at
         the last selected layer's output, as in :class:`~lalm_interp.editors.rome.RomeHParams`
         (units: Adam steps, activation units per step, nats per squared relative norm, nats per
-        nat, ratio, nats).
+        nat, ratio, nats). Defaults 30 / 1.0 / 1e-3 / 0.0625 / 50 / 0.05 (paper: 10 steps, lr 0.5,
+        clamp 4, which left the organism's targets 7-11 nats short).
     nullspace_threshold: eigenvalues of E[k₀k₀ᵀ] (protected keys) below this span the null
         space that P projects onto. Unit: the eigenvalue's own unit (squared activation) when
         ``threshold_mode="absolute"`` (AlphaEdit: 2e-2 on LLM keys), a fraction of the largest
@@ -35,21 +36,26 @@ class AlphaEditHParams:
     l2_mode: ``"relative"`` or ``"absolute"``.
     layer_weights: ``"memit"`` (layer i of n takes 1/(n−i) of the remaining residual) or an explicit
         tuple of n fractions. Unit: fraction of the residual.
+    key_span: ``"auto"`` (default: last token on text sites, subject word on audio sites),
+        ``"word"`` or ``"last_token"``; see :class:`~lalm_interp.editors.rome.RomeHParams`.
     """
 
-    steps: int = 10
-    lr: float = 0.5
+    steps: int = 30
+    lr: float = 1.0
     weight_decay: float = 1e-3
     kl_factor: float = 0.0625
-    clamp_norm_factor: float = 4.0
+    clamp_norm_factor: float = 50.0
     stop_nll: float = 0.05
     nullspace_threshold: float = 1e-2
     threshold_mode: str = "relative"
     l2: float = 1.0
     l2_mode: str = "relative"
     layer_weights: "str | tuple[float, ...]" = "memit"
+    key_span: str = "auto"
 
     def check(self) -> None:
+        if self.key_span not in KEY_SPANS:
+            raise EditorError(f"AlphaEditHParams.key_span={self.key_span!r}; expected one of {list(KEY_SPANS)}.")
         if self.threshold_mode not in ("relative", "absolute"):
             raise EditorError(f"AlphaEditHParams.threshold_mode={self.threshold_mode!r}; expected 'relative' or 'absolute'.")
         if self.l2_mode not in ("relative", "absolute"):
@@ -127,7 +133,7 @@ class AlphaEdit(Editor):
         last = sites[-1]
         z_site = Site(last.stream, ("layers", last.layer, "resid"))  # residual stream after the last layer
         preps = [prepare(ctx, r) for r in requests]
-        names = [r.span_name for r in requests]
+        names = [key_span_name(r, last, hp.key_span) for r in requests]
         targets, deltas = [], []
         for i, (r, p, name) in enumerate(zip(requests, preps, names)):
             kl = [(prepare_prompt(ctx, q, r.target_new), name) for q in r.kl_prompts]

@@ -9,7 +9,10 @@ Construction (``docs/editors/crossmodal.md``): for each request,
 4. the text editor edits the text site(s) on the audio-edited model, with its value change δ
    initialised to ``drive_scale · Δe`` (the audio edit's own text-space signal, written again
    into the text stream at the subject's audio tokens) and then refined by its own gradient steps.
-With ``drive=False`` step 4 starts from δ = 0 (plain sequential editing).
+With ``drive=False`` step 4 starts from δ = 0 (plain sequential editing). The drive is used only
+when the text stage keys at the subject word (``key_span="word"``); with the default ``"auto"``
+the text stage keys at the last token, where Δe (a change at the subject's audio tokens) does not
+apply, so it starts from δ = 0 and ``info["drive_used"]`` is False.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import torch
 from ..sites import Site
 from .alphaedit import AlphaEdit, AlphaEditHParams
 from .base import EditContext, EditHandle, Editor, EditorError, EditRequest, register, require_mlp_down
-from .keys import capture, prepare
+from .keys import capture, key_span_name, prepare
 from .rome import Rome, RomeHParams
 
 
@@ -116,10 +119,15 @@ class CrossModal(Editor):
         audio_info, handle.info = handle.info, {}
         e1 = self._proj_at_subject(ctx, preps, requests)
         drives = {i: (hp.drive_scale * (y - x)).float() for i, (x, y) in enumerate(zip(e0, e1))}
-        self.stage("text", t_sites)._edit(ctx, requests, t_sites, handle, inits=drives if hp.drive else None)
+        # Δe is a change at the subject word's audio tokens: it initialises δ only where the text
+        # stage keys at that word too (key_span "word"); at the last token it would be meaningless.
+        t_span = getattr(hp.text, "key_span", "word")
+        use = hp.drive and all(key_span_name(r, t_sites[-1], t_span) == r.span_name for r in requests)
+        self.stage("text", t_sites)._edit(ctx, requests, t_sites, handle, inits=drives if use else None)
         text_info = handle.info
         handle.info = {"audio": audio_info, "text": text_info,
-                       "drive_norm": [float(d.norm()) for d in drives.values()], "drive": hp.drive}
+                       "drive_norm": [float(d.norm()) for d in drives.values()], "drive": hp.drive,
+                       "drive_used": use}
 
 
 class CrossModalAlphaEdit(CrossModal):

@@ -19,16 +19,17 @@ from .keys import frozen, prepare
 class FineTuneHParams:
     """Hyper-parameters of :class:`FineTune`.
 
-    steps: Adam steps over all requests together. Unit: steps.
-    lr: Adam learning rate. Unit: weight units per step.
+    steps: Adam steps over all requests together (default 30). Unit: steps.
+    lr: Adam learning rate (default 2e-2; 5e-3 flipped 0-25 % of the organism's known facts in
+        25 steps, 2e-2 flipped 75-100 %). Unit: weight units per step.
     norm_constraint: if set, every weight stays within ±norm_constraint of its original value
         (clamped after each step; FT-L). ``None``: unconstrained. Unit: weight units (L∞).
     weight_decay: Adam's L2 weight decay. Unit: per step.
     stop_nll: stop early when the mean NLL of target_new is below this. Unit: nats.
     """
 
-    steps: int = 25
-    lr: float = 5e-3
+    steps: int = 30
+    lr: float = 2e-2
     norm_constraint: float | None = None
     weight_decay: float = 0.0
     stop_nll: float = 0.05

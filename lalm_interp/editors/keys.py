@@ -55,6 +55,24 @@ def prepare(ctx: EditContext, req: EditRequest) -> Prepared:
     return prepare_prompt(ctx, req.prompt, req.target_new)
 
 
+KEY_SPANS = ("auto", "word", "last_token")
+
+
+def key_span_name(req: EditRequest, site: Site, mode: str) -> str:
+    """The span an editor keys ``req`` at on ``site``: ``"word"`` = the request's subject word span
+    (ROME: the last subject token); ``"last_token"`` = the prompt's final token (text sites only);
+    ``"auto"`` = ``"last_token"`` on text sites, the subject word on audio sites."""
+    if mode not in KEY_SPANS:
+        raise EditorError(f"key_span={mode!r}; expected one of {list(KEY_SPANS)}.")
+    if mode == "auto":
+        mode = "last_token" if site.stream == "text" else "word"
+    if mode == "last_token":
+        if site.stream != "text":
+            raise EditorError(f"key_span='last_token' is a text position; {site} is an audio site (use 'word').")
+        return "last_token"
+    return req.span_name
+
+
 def span(ctx: EditContext, prep: Prepared, site: Site, name: str) -> tuple[int, int]:
     """Half-open positions of span ``name`` on the time axis of ``site`` (encoder frames or LLM seq)."""
     stage = ctx.adapter.stage(site)

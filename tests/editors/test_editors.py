@@ -238,3 +238,36 @@ def test_corpus_clips_longer_than_the_window_are_skipped(tiny_deep):
     only_short = EditContext(model, processor, adapter, corpus=KeyCorpus("short", [noise(2.0, 2)]))
     site = "text.layers.1.mlp.down@in"
     assert np.array_equal(key_stats(mixed, site).second_moment, key_stats(only_short, site).second_moment)
+
+
+def test_key_span_places_the_key(ctx):
+    from lalm_interp.editors.keys import key_span_name
+    from lalm_interp.sites import parse
+
+    req = request(word="last")
+    text, audio = parse("text.layers.1.mlp.down"), parse("audio.layers.1.mlp.down")
+    assert key_span_name(req, text, "auto") == "last_token"
+    assert key_span_name(req, audio, "auto") == "last_subject_word"
+    assert key_span_name(req, text, "word") == "last_subject_word"
+    with pytest.raises(EditorError, match="text position"):
+        key_span_name(req, audio, "last_token")
+    with pytest.raises(EditorError, match="key_span"):
+        make("rome", "text.layers.1.mlp.down", key_span="middle")
+    snap = snapshot(ctx.model)
+    h = make("rome", "text.layers.2.mlp.down", key_span="word", steps=2).apply(ctx, req)
+    assert h.info["requests"][0]["rel_error_Wk_v"] < 1e-6
+    h.revert()
+    assert same(ctx.model, snap)
+
+
+def test_shared_baseline_equals_rescoring(ctx):
+    from lalm_interp.evaluation import EditCase, run, score_before
+
+    cases = [EditCase(request(seed=s)) for s in (0, 1)]
+    before = score_before(ctx, cases)
+    a = run(make("rome", "text.layers.2.mlp.down", steps=2), ctx, cases)
+    b = run(make("rome", "text.layers.2.mlp.down", steps=2), ctx, cases, before=before)
+    assert [r["before"] for r in a.records] == [r["before"] for r in b.records]
+    assert a.baseline == b.baseline and a.summary == b.summary
+    with pytest.raises(EditorError, match="before="):
+        run(make("rome", "text.layers.2.mlp.down", steps=2), ctx, cases, before=before[:1])
