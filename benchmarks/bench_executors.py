@@ -5,9 +5,11 @@ experiment (audio MLP window 3 + text residual window 1) on ``--model`` (default
 
 Measured, each on a fresh output folder:
 
-* ``local``: ``run_experiment`` in this process (torch with ``--threads`` threads);
+* ``local``: ``run_experiment`` in this process, with 1 and with ``--threads`` torch threads
+  (each after a one-example warm-up);
 * ``ray``: the same job on ``--workers`` Ray actors (1 CPU each, so torch uses 1 thread per
-  actor), timed on warm actors; Ray start-up + model loading is reported separately;
+  actor), timed on warm actors (each has traced one example); Ray start-up + model loading is
+  reported separately;
 * the scheduling overhead per shard: the round trip of a no-op shard function on the warm pool,
   and (ray time − ideal time) / shards, where ideal = per-example local work spread over workers.
 
@@ -61,16 +63,24 @@ def main() -> None:
         prompts = prompts_from_bench(Benchmark.open(work / "bench"))
         model, processor, adapter = load_model(args.model)
 
-        t = time.perf_counter()
-        run_experiment(model, processor, adapter, prompts, exp, work / "local", progress=False, plots=False)
-        t_local = time.perf_counter() - t
+        t_local = {}
+        for threads in sorted({1, args.threads}):  # warm-up (first-call costs), then timed
+            torch.set_num_threads(threads)
+            run_experiment(model, processor, adapter, prompts[:1], exp, work / f"warm{threads}", progress=False,
+                           plots=False)
+            t = time.perf_counter()
+            run_experiment(model, processor, adapter, prompts, exp, work / f"local{threads}", progress=False,
+                           plots=False)
+            t_local[threads] = time.perf_counter() - t
 
         t = time.perf_counter()
-        ray.init(num_cpus=args.workers, include_dashboard=False, log_to_driver=False,
-                 _temp_dir=tempfile.mkdtemp(prefix="ray_", dir="/tmp"))
+        ray_tmp = tempfile.mkdtemp(prefix="ray_", dir="/tmp")
+        ray.init(num_cpus=args.workers, include_dashboard=False, log_to_driver=False, _temp_dir=ray_tmp)
         ex = RayExecutor(args.model, workers=args.workers).start()
         t_start = time.perf_counter() - t
         try:
+            run_experiment(None, None, None, prompts[:args.workers], exp, work / "ray-warm", progress=False,
+                           plots=False, executor=ex, shard_size=1)  # each actor's first-call costs
             t = time.perf_counter()
             run_experiment(None, None, None, prompts, exp, work / "ray", progress=False, plots=False,
                            executor=ex, shard_size=args.shard_size)
@@ -79,18 +89,20 @@ def main() -> None:
         finally:
             ex.close()
             ray.shutdown()
+            shutil.rmtree(ray_tmp, ignore_errors=True)
 
         same = all(
             xr.load_dataset(p, engine="h5netcdf").identical(xr.load_dataset(work / "ray" / "examples" / p.name,
                                                                             engine="h5netcdf"))
-            for p in (work / "local" / "examples").glob("*.nc"))
+            for p in (work / "local1" / "examples").glob("*.nc"))
         shards = -(-len(prompts) // args.shard_size)
-        ideal = t_local / args.workers
+        best = min(t_local.values())
+        ideal = t_local[1] / args.workers  # the 1-thread local work spread perfectly over the actors
         print(json.dumps({
             "model": args.model, "examples": len(prompts), "workers": args.workers, "shard_size": args.shard_size,
-            "shards": shards, "cpus": os.cpu_count(), "local_threads": args.threads,
-            "local_s": round(t_local, 2), "ray_s": round(t_ray, 2),
-            "ray_over_local": round(t_ray / t_local, 2),
+            "shards": shards, "cpus": os.cpu_count(), "load_avg_1m": round(os.getloadavg()[0], 2),
+            **{f"local_{k}thread_s": round(v, 2) for k, v in t_local.items()}, "ray_s": round(t_ray, 2),
+            "ray_over_best_local": round(t_ray / best, 2),
             "ray_startup_s": round(t_start, 2),
             "noop_shard_roundtrip_ms": round(1000 * noop, 2),
             "overhead_per_shard_vs_ideal_s": round((t_ray - ideal) / shards, 3),

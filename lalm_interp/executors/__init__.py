@@ -45,14 +45,17 @@ def add_cli_options(parser) -> None:
     g.add_argument("--address", default=None,
                    help="existing Ray cluster ('auto' or ray://HOST:10001); default: start a local one")
     g.add_argument("--shard-size", type=int, default=None,
-                   help="examples per tracing shard (default: ~4 shards per worker, at most 16)")
+                   help="examples per tracing shard (default: ~4 shards per worker, at most 16); "
+                        "statistics use two corpus chunks per worker")
 
 
 def from_cli(args, model: str):
     """The executor the CLI options ask for (``None`` for the default in-process path)."""
     if getattr(args, "executor", "local") == "local":
         return None
-    return make_executor(args.executor, model=model, workers=args.workers, address=args.address)
+    ex = make_executor(args.executor, model=model, workers=args.workers, address=args.address)
+    ex.shard_size = getattr(args, "shard_size", None)  # tracing shards (also inside `reproduce`)
+    return ex
 
 
 __all__ = [

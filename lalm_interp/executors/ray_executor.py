@@ -79,6 +79,7 @@ class RayExecutor:
         self.device = device
         self.dtype = dtype
         self.init = dict(init or {})
+        self.shard_size: int | None = None  # default tracing shard size (``--shard-size``)
         self._actors: list[Any] = []
         self._owns_ray = False
         self._cls: Any = None

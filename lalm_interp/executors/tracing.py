@@ -81,7 +81,8 @@ def trace_sharded(executor: Any, prompts: Sequence[Any], exp: Any, out: "str | o
     order; how many examples were traced now)."""
     out = Path(out)
     (out / "examples").mkdir(parents=True, exist_ok=True)
-    size = shard_size or default_shard_size(len(prompts), max(executor.workers, 1))
+    size = (shard_size or getattr(executor, "shard_size", None)
+            or default_shard_size(len(prompts), max(executor.workers, 1)))
     payloads = shard_payloads(prompts, exp, out, shard_size=size, store_root=store_root, provenance=provenance)
     bar = None
     if progress and payloads:
