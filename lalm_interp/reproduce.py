@@ -37,6 +37,8 @@ class ReproduceConfig:
         (``Qwen/Qwen2-Audio-7B-Instruct`` when you have the weights).
     data: path of the full dataset file (Known-1000 for figure2; CounterFact, ROME or KnowEdit
         format, for the tables). ``None``: the subsets shipped in the package.
+    source: dataset of ``figure2`` (paper: ``known1000``; ``counterfact`` for a model trained on
+        CounterFact facts, like the organism). The tables always use CounterFact.
     out: output folder. limit: facts read from the dataset (``None``: all).
     renditions: espeak-ng renditions per prompt. n_trace: known facts traced.
     k_known / m_random: the edit set (paper: 200 filtered + 300 random). seed: edit-set sampling.
@@ -48,6 +50,7 @@ class ReproduceConfig:
     config: str
     model: str = "organism"
     data: str | None = None
+    source: str = "known1000"
     out: str = "reproduce_out"
     limit: int | None = None
     renditions: int = 1
@@ -139,9 +142,17 @@ def run(cfg: ReproduceConfig) -> dict[str, Any]:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     model, processor, adapter = tuple(load(cfg.model))
-    source = "known1000" if cfg.config == "figure2" else "counterfact"
+    source = cfg.source if cfg.config == "figure2" else "counterfact"
     bench = _stage_bench(cfg, source)
     known = _known(model, processor, adapter, bench, cfg.instruction)
+    if not known:
+        from .specs import SpecError
+
+        raise SpecError(
+            f"{cfg.model} knows none of the {len(bench.facts)} {source} facts (top-1 first object token), so "
+            "there is nothing to trace or edit. Use more facts (--limit), another --source (the organism "
+            "was trained on CounterFact: --source counterfact), or check the prompt instruction."
+        )
     summary: dict[str, Any] = {"config": cfg.config, "model": cfg.model, "facts": len(bench.facts),
                                "known": len(known)}
     agg = _trace(cfg, model, processor, adapter, bench, known)

@@ -9,7 +9,7 @@ def run(args) -> int:
     from lalm_interp.reproduce import ReproduceConfig, run as run_reproduce
 
     cfg = ReproduceConfig(
-        config=args.config, model=args.model, data=args.data, out=args.out, limit=args.limit,
+        config=args.config, model=args.model, data=args.data, source=args.source, out=args.out, limit=args.limit,
         renditions=args.renditions, n_trace=args.n_trace, k_known=args.k, m_random=args.m, seed=args.seed,
         window=args.window, word=args.word,
         audio_layers=tuple(args.audio_layers) if args.audio_layers else None,
@@ -27,6 +27,8 @@ def register(sub) -> None:
     p.add_argument("config", choices=["figure2", "table1", "table2"])
     p.add_argument("--model", default="organism", help="'organism', a checkpoint dir, or an offline hub id")
     p.add_argument("--data", default=None, help="full dataset file (default: the shipped subset)")
+    p.add_argument("--source", choices=["known1000", "counterfact"], default="known1000",
+                   help="figure2's dataset (paper: known1000; the organism knows counterfact facts)")
     p.add_argument("--out", required=True)
     p.add_argument("--limit", type=int, default=None, help="facts read from the dataset")
     p.add_argument("--renditions", type=int, default=1)

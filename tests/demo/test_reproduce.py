@@ -17,17 +17,16 @@ def _run(*args, timeout=1500):
 
 def test_figure2_protocol_and_resume(tmp_path):
     out = tmp_path / "fig2"
-    _run("figure2", "--limit", "6", "--n-trace", "2", "--out", str(out))
+    args = ("figure2", "--source", "counterfact", "--limit", "6", "--n-trace", "2", "--out", str(out))
+    _run(*args)
     res = json.loads((out / "results.json").read_text())
-    assert res["config"] == "figure2" and res["facts"] == 6
-    if res["known"] == 0:  # the organism learned CounterFact facts; Known-1000 ones it may not know
-        pytest.skip("the model knows none of the first Known-1000 facts")
+    assert res["config"] == "figure2" and res["facts"] == 6 and res["known"] >= 1
     agg = xr.load_dataset(out / "trace" / "aie.nc", engine="h5netcdf")
     assert agg.sizes["example"] == min(2, res["known"])
     assert (out / "trace" / "figure2.png").exists()
     shards = sorted((out / "trace" / "examples").glob("*.nc"))
     mtimes = [p.stat().st_mtime_ns for p in shards]
-    _run("figure2", "--limit", "6", "--n-trace", "2", "--out", str(out))  # resume: nothing recomputed
+    _run(*args)  # resume: nothing recomputed
     assert [p.stat().st_mtime_ns for p in shards] == mtimes
 
 
@@ -39,6 +38,12 @@ def test_table1_protocol(tmp_path):
     assert len(md) == 12 and "Unedited" in md[2]
     es = json.loads((out / "edit_set.json").read_text())
     assert es  # the edit set is recorded
+
+
+def test_a_model_that_knows_nothing_gets_a_clear_error(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "lalm_interp", "reproduce", "figure2", "--source", "known1000",
+                        "--limit", "3", "--out", str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 2 and "knows none of the 3 known1000 facts" in r.stderr
 
 
 def test_unknown_configuration_is_refused(tmp_path):
