@@ -4,48 +4,27 @@ or a ``model_type``. Built-in adapters are registered here; third parties regist
 
 from __future__ import annotations
 
-from importlib.metadata import entry_points
 from typing import Any
 
 from ..errors import AdapterError
+from ..plugins import Registry
 from .base import Adapter, AdapterSpec, Component
 
-_REGISTRY: dict[str, AdapterSpec] = {}
-_ENTRY_POINTS_LOADED = False
 ENTRY_POINT_GROUP = "lalm_interp.adapters"
+REGISTRY: Registry[AdapterSpec] = Registry(
+    "adapter", ENTRY_POINT_GROUP, lambda o: isinstance(o, AdapterSpec), lambda s: s.name, AdapterError
+)
+_REGISTRY = REGISTRY.items
 
 
 def register(spec: AdapterSpec, *, replace: bool = False) -> AdapterSpec:
-    """Register an adapter spec under its name and model types."""
-    if not isinstance(spec, AdapterSpec):
-        raise AdapterError(f"register() takes an AdapterSpec, got {type(spec).__name__}.")
-    if spec.name in _REGISTRY and _REGISTRY[spec.name] is not spec and not replace:
-        raise AdapterError(f"an adapter named {spec.name!r} is already registered; pass replace=True to override.")
-    _REGISTRY[spec.name] = spec
-    return spec
-
-
-def _load_entry_points() -> None:
-    global _ENTRY_POINTS_LOADED
-    if _ENTRY_POINTS_LOADED:
-        return
-    _ENTRY_POINTS_LOADED = True
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        try:
-            spec = ep.load()
-        except Exception as err:  # a broken plug-in must not break the package
-            import warnings
-
-            warnings.warn(f"adapter entry point {ep.name!r} failed to load: {err}", stacklevel=2)
-            continue
-        if isinstance(spec, AdapterSpec) and spec.name not in _REGISTRY:
-            register(spec)
+    """Register an adapter spec under its name (it serves its ``model_types``)."""
+    return REGISTRY.register(spec, replace=replace)
 
 
 def available() -> dict[str, AdapterSpec]:
     """All registered adapter specs by name."""
-    _load_entry_points()
-    return dict(_REGISTRY)
+    return REGISTRY.available()
 
 
 def get(name_or_model_type: str) -> AdapterSpec:

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import warnings
 from dataclasses import dataclass, field
-from importlib.metadata import entry_points
 from typing import Any, ClassVar, Sequence
 
 import numpy as np
@@ -22,6 +20,7 @@ import torch
 
 from ..errors import LalmInterpError, ScoringError, SpanError
 from ..inputs import DEFAULT_INSTRUCTION
+from ..plugins import Registry
 from ..sites import Site
 from ..tracing.causal import SpokenPrompt
 
@@ -415,39 +414,20 @@ def require_mlp_down(name: str, adapter: Any, sites: list[Site], *, n: int | Non
 
 # ---------------------------------------------------------------------------- registry
 ENTRY_POINT_GROUP = "lalm_interp.editors"
-_REGISTRY: dict[str, type[Editor]] = {}
-_EP_LOADED = False
+REGISTRY: Registry[type[Editor]] = Registry(
+    "editor", ENTRY_POINT_GROUP, lambda o: isinstance(o, type) and issubclass(o, Editor) and bool(o.name),
+    lambda cls: cls.name, EditorError,
+)
 
 
 def register(cls: type[Editor], *, replace: bool = False) -> type[Editor]:
     """Register an :class:`Editor` subclass under ``cls.name`` (usable as a class decorator)."""
-    if not (isinstance(cls, type) and issubclass(cls, Editor)) or not cls.name:
-        raise EditorError(f"register() takes an Editor subclass with a name, got {cls!r}.")
-    if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls and not replace:
-        raise EditorError(f"an editor named {cls.name!r} is already registered; pass replace=True to override.")
-    _REGISTRY[cls.name] = cls
-    return cls
-
-
-def _load_entry_points() -> None:
-    global _EP_LOADED
-    if _EP_LOADED:
-        return
-    _EP_LOADED = True
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        try:
-            cls = ep.load()
-        except Exception as err:  # a broken plug-in must not break the package
-            warnings.warn(f"editor entry point {ep.name!r} failed to load: {err}", stacklevel=2)
-            continue
-        if isinstance(cls, type) and issubclass(cls, Editor) and cls.name not in _REGISTRY:
-            register(cls)
+    return REGISTRY.register(cls, replace=replace)
 
 
 def available() -> dict[str, type[Editor]]:
     """All registered editors by name."""
-    _load_entry_points()
-    return dict(_REGISTRY)
+    return REGISTRY.available()
 
 
 def get(name: str) -> type[Editor]:

@@ -51,6 +51,23 @@ def tiny_processor(texts: Iterable[str] | None = None, window_s: int = 4, vocab_
     return Qwen2AudioProcessor(feature_extractor=fe, tokenizer=tok)
 
 
+def text_config(cfg, tok) -> dict:
+    """A small Qwen2/Llama decoder config (``cfg`` has ``d_text``, ``text_layers``, ``heads``) sized to
+    the tokenizer ``tok``."""
+    return dict(
+        hidden_size=cfg.d_text,
+        num_hidden_layers=cfg.text_layers,
+        num_attention_heads=cfg.heads,
+        num_key_value_heads=max(1, cfg.heads // 2),
+        intermediate_size=2 * cfg.d_text,
+        vocab_size=len(tok),
+        max_position_embeddings=2048,
+        tie_word_embeddings=False,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
+
+
 def tiny_config(cfg: TinyConfig, processor):
     from transformers import Qwen2AudioConfig
 
@@ -64,18 +81,7 @@ def tiny_config(cfg: TinyConfig, processor):
             num_mel_bins=128,
             max_source_positions=50 * cfg.window_s,
         ),
-        text_config=dict(
-            hidden_size=cfg.d_text,
-            num_hidden_layers=cfg.text_layers,
-            num_attention_heads=cfg.heads,
-            num_key_value_heads=max(1, cfg.heads // 2),
-            intermediate_size=2 * cfg.d_text,
-            vocab_size=len(tok),
-            max_position_embeddings=2048,
-            tie_word_embeddings=False,
-            pad_token_id=tok.pad_token_id,
-            eos_token_id=tok.eos_token_id,
-        ),
+        text_config=text_config(cfg, tok),
         audio_token_id=tok.convert_tokens_to_ids("<|AUDIO|>"),
         pad_token_id=tok.pad_token_id,
     )

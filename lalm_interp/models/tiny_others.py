@@ -18,7 +18,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import torch
 
-from .tiny import DEFAULT_CORPUS
+from .tiny import DEFAULT_CORPUS, text_config
 
 VOXTRAL_TOKENS = ("[INST]", "[/INST]", "[BEGIN_AUDIO]", "[AUDIO]")
 AF3_CHAT_TEMPLATE = (
@@ -65,21 +65,6 @@ def _tokenizer(texts: Iterable[str] | None, vocab_size: int, extra: Sequence[str
     return tok
 
 
-def _text_config(cfg: TinyOtherConfig, tok) -> dict:
-    return dict(
-        hidden_size=cfg.d_text,
-        num_hidden_layers=cfg.text_layers,
-        num_attention_heads=cfg.heads,
-        num_key_value_heads=max(1, cfg.heads // 2),
-        intermediate_size=2 * cfg.d_text,
-        vocab_size=len(tok),
-        max_position_embeddings=2048,
-        tie_word_embeddings=False,
-        pad_token_id=tok.pad_token_id,
-        eos_token_id=tok.eos_token_id,
-    )
-
-
 class MinimalAudioProcessor:
     """A stand-in for a processor that cannot be built offline: features padded to the encoder
     window, the prompt's one ``audio_token`` expanded to ``n_audio_tokens`` ids, text tokenized with
@@ -124,7 +109,7 @@ def tiny_voxtral(cfg: TinyOtherConfig = TinyOtherConfig(), texts: Iterable[str] 
             num_mel_bins=128,
             max_source_positions=msp,
         ),
-        text_config=dict(_text_config(cfg, tok), head_dim=cfg.d_text // cfg.heads),
+        text_config=dict(text_config(cfg, tok), head_dim=cfg.d_text // cfg.heads),
         audio_token_id=tok.convert_tokens_to_ids("[AUDIO]"),
     )
     processor = MinimalAudioProcessor(_feature_extractor(cfg.window_s), tok, "[AUDIO]", msp // 4)
@@ -156,7 +141,7 @@ def tiny_audioflamingo3(cfg: TinyOtherConfig = TinyOtherConfig(), texts: Iterabl
             num_mel_bins=128,
             max_source_positions=50 * cfg.window_s,
         ),
-        text_config=_text_config(cfg, tok),
+        text_config=text_config(cfg, tok),
         audio_token_id=tok.convert_tokens_to_ids("<sound>"),
     )
     torch.manual_seed(cfg.seed)
