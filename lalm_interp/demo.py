@@ -117,12 +117,17 @@ def build_bench(cfg: DemoConfig, facts, rendition: str):
     return Benchmark.open(out)
 
 
-def known_facts(model, processor, adapter, bench, instruction: str) -> list[str]:
+def known_facts(model, processor, adapter, bench, instruction: str) -> tuple[list[str], int]:
+    """(facts whose edit prompt fits the encoder window and whose first object token is top-1, the
+    number of edit prompts left out because they are longer than the window — never truncated)."""
     from .bench.select import filter_known
+    from .inputs import window_samples
     from .known import known_scorer
 
-    kf = filter_known(bench.select(form="prompt"), known_scorer(model, processor, adapter, instruction=instruction))
-    return list(kf.known_facts)
+    window = window_samples(adapter)
+    prompts = [it for it in bench.select(form="prompt") if it.n_samples <= window]
+    kf = filter_known(prompts, known_scorer(model, processor, adapter, instruction=instruction))
+    return list(kf.known_facts), len(bench.select(form="prompt")) - len(prompts)
 
 
 def trace(cfg: DemoConfig, model, processor, adapter, bench, known: list[str], instruction: str):
@@ -211,7 +216,7 @@ def run(cfg: DemoConfig, *, edit_fn=None) -> dict[str, Any]:
     facts, recipe = _facts_and_recipe(cfg.model, cfg.n_facts)
     rendition = cfg.rendition or recipe.train_renditions[0]
     bench = st.run("benchmark (espeak-ng)", build_bench, cfg, facts, rendition)
-    known = st.run("known filter", known_facts, model, processor, adapter, bench, recipe.instruction)
+    known, too_long = st.run("known filter", known_facts, model, processor, adapter, bench, recipe.instruction)
     agg, hm, prompts = st.run("causal tracing", trace, cfg, model, processor, adapter, bench, known, recipe.instruction)
     st.run("heatmap over spectrogram", spectrogram_heatmap, cfg, prompts[0])
     table_rows: list[dict[str, Any]] = []
@@ -224,6 +229,7 @@ def run(cfg: DemoConfig, *, edit_fn=None) -> dict[str, Any]:
         "rendition": rendition,
         "facts": len(facts),
         "known": len(known),
+        "prompts_longer_than_window": too_long,
         "trace": {"examples": int(agg.sizes["example"]), "p_clean": float(agg["p_clean"].mean()),
                   "p_corrupt": float(agg["p_corrupt"].mean()), "peak_layer": peak_layers(agg)},
         "table1_rows": table_rows,

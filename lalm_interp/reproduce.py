@@ -75,12 +75,6 @@ def _stage_bench(cfg: ReproduceConfig, source: str):
     return Benchmark.open(out)
 
 
-def _known(model, processor, adapter, bench, instruction: str) -> list[str]:
-    from .bench.select import filter_known
-    from .known import known_scorer
-
-    return list(filter_known(bench.select(form="prompt"),
-                             known_scorer(model, processor, adapter, instruction=instruction)).known_facts)
 
 
 def _trace(cfg: ReproduceConfig, model, processor, adapter, bench, known: Sequence[str]):
@@ -133,7 +127,7 @@ def _layers(agg: xr.Dataset, stream: str, span: str, k: int, explicit: tuple[int
 def run(cfg: ReproduceConfig) -> dict[str, Any]:
     from . import evaluation, load
     from .bench.select import build_edit_set
-    from .demo import peak_layers
+    from .demo import known_facts, peak_layers
 
     if cfg.config not in CONFIGS:
         from .specs import SpecError
@@ -144,7 +138,7 @@ def run(cfg: ReproduceConfig) -> dict[str, Any]:
     model, processor, adapter = tuple(load(cfg.model))
     source = cfg.source if cfg.config == "figure2" else "counterfact"
     bench = _stage_bench(cfg, source)
-    known = _known(model, processor, adapter, bench, cfg.instruction)
+    known, too_long = known_facts(model, processor, adapter, bench, cfg.instruction)
     if not known:
         from .specs import SpecError
 
@@ -154,7 +148,7 @@ def run(cfg: ReproduceConfig) -> dict[str, Any]:
             "was trained on CounterFact: --source counterfact), or check the prompt instruction."
         )
     summary: dict[str, Any] = {"config": cfg.config, "model": cfg.model, "facts": len(bench.facts),
-                               "known": len(known)}
+                               "known": len(known), "prompts_longer_than_window": too_long}
     agg = _trace(cfg, model, processor, adapter, bench, known)
     summary["trace"] = {"examples": int(agg.sizes["example"]), "p_clean": float(agg["p_clean"].mean()),
                         "p_corrupt": float(agg["p_corrupt"].mean()), "peak_layer": peak_layers(agg)}
