@@ -120,7 +120,7 @@ def main() -> None:
         (f"key stats {a_site}@in: read from cache", stats_cached),
     ]
     print(f"model: {what}; torch threads {args.threads}; median of {args.repeats}")
-    print(f"| what | seconds | x forward+backward |\n|---|---|---|")
+    print("| what | seconds | x forward+backward |\n|---|---|---|")
     for name, sec in rows:
         print(f"| {name} | {sec:.4f} | {sec / unit:.1f} |")
     single = max(r[1] for r in rows[1:4]) / unit

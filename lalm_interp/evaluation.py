@@ -23,13 +23,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import torch
 
 from .editors.base import EditContext, Editor, EditorError, EditRequest
 from .errors import LalmInterpError
 from .inputs import DEFAULT_INSTRUCTION, build_inputs, window_samples
 from .scoring import score_objects
-from .tracing.causal import SpokenPrompt
 
 RESULT_FILE = "result.json"
 FORMAT = 1

@@ -14,8 +14,8 @@ See ``docs/usage/specs.md``.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Sequence, Union
+from dataclasses import dataclass, field, fields
+from typing import Any, Union
 
 from .errors import LalmInterpError
 from .sites import Site, parse
@@ -320,4 +320,4 @@ def experiment_from_file(path: str) -> Experiment:
 
 
 __all__ = ["Corrupt", "Restore", "Patch", "Read", "Experiment", "SpecError", "window_layers",
-           "experiment_from_file", "asdict"]
+           "experiment_from_file"]

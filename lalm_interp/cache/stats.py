@@ -13,7 +13,7 @@ import os
 import json
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, Union
+from typing import Any, Callable, Iterable
 
 import h5netcdf
 import h5py

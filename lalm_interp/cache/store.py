@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import xarray as xr
 
 from .. import sites as _sites
 from .catalog import Catalog, Scanner
-from .errors import CacheError
 from .gc import GcReport, collect
 from .layout import resolve_root, stats_dir
 from .provenance import Provenance

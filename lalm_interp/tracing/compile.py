@@ -19,7 +19,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-import numpy as np
 import torch
 
 from ..adapters.base import Adapter
@@ -261,4 +260,4 @@ def replace_values_from(model: torch.nn.Module, adapter: Adapter, site: Site, in
 
 
 __all__ = ["Edit", "Row", "CorruptionPlan", "Compiled", "rows_per_forward", "positions_tensor",
-           "replace_values_from", "apply_corruption", "np"]
+           "replace_values_from", "apply_corruption"]

@@ -4,7 +4,6 @@ and a single-layer edit applies and reverts bitwise."""
 
 from __future__ import annotations
 
-import pytest
 import torch
 
 from lalm_interp import adapters

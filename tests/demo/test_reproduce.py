@@ -40,6 +40,19 @@ def test_table1_protocol(tmp_path):
     assert es  # the edit set is recorded
 
 
+@pytest.mark.slow
+def test_table2_protocol(tmp_path):
+    out = tmp_path / "t2"
+    _run("table2", "--limit", "8", "--k", "2", "--m", "0", "--n-trace", "2", "--out", str(out))
+    md = (out / "table2.md").read_text().strip().splitlines()
+    assert md[0].startswith("| Word | Top-k | Mod. | Layers |")
+    rows = md[2:]
+    assert len(rows) == 2 * 3 * 3  # word position x k x (audio, text, audio→text)
+    for k in ("1", "2", "3"):
+        text_rows = [r for r in rows if f"| {k} | Text |" in r]
+        assert len(text_rows) == 2 and all(r.count("text.layers.") == int(k) for r in text_rows)
+
+
 def test_a_model_that_knows_nothing_gets_a_clear_error(tmp_path):
     r = subprocess.run([sys.executable, "-m", "lalm_interp", "reproduce", "figure2", "--source", "known1000",
                         "--limit", "3", "--out", str(tmp_path)], capture_output=True, text=True, timeout=600)

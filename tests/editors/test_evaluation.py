@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from lalm_interp.editors import EditContext, EditRequest, KeyCorpus, make
-from lalm_interp.evaluation import EditCase, Probe, run, score_case, summarise
+from lalm_interp.evaluation import EditCase, Probe, run, summarise
 from lalm_interp.tracing import SpokenPrompt
 
 WORDS = (("Metropolitan", 0.0, 0.765), ("France's", 0.765, 1.270), ("capital", 1.270, 1.785), ("is", 1.785, 1.943))

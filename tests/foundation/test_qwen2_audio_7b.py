@@ -1,6 +1,5 @@
 """The real Qwen2-Audio-7B-Instruct architecture, built on the meta device from its config."""
 
-import numpy as np
 import pytest
 import torch
 

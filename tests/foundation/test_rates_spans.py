@@ -1,7 +1,7 @@
 """Rate-chain and span arithmetic (hypothesis property tests)."""
 
 import pytest
-from hypothesis import assume, given, strategies as st
+from hypothesis import given, strategies as st
 
 from lalm_interp.adapters.qwen2_audio import qwen2_audio_rate_chain
 from lalm_interp.errors import SpanError

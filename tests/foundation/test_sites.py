@@ -2,7 +2,7 @@ import pytest
 from hypothesis import given, strategies as st
 
 from lalm_interp.errors import SiteError
-from lalm_interp.sites import Range, Site, Star, expand, matches, one, parse
+from lalm_interp.sites import Range, Star, expand, matches, one, parse
 
 EXAMPLES = [
     "audio.conv2",

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from lalm_interp.organism.evaluate import corruption_effect, non_subject_span, relation_first_tokens
+from lalm_interp.organism.evaluate import corruption_effect, non_subject_span
 from lalm_interp.organism.recipe import Recipe
 
 

@@ -8,7 +8,7 @@ from hypothesis import given, strategies as st
 from lalm_interp.specs import Corrupt, Experiment, Patch, Read, Restore, SpecError, window_layers
 from lalm_interp.tracing import SpokenPrompt, aggregate, trace_example
 from lalm_interp.tracing.causal import Prepared
-from lalm_interp.tracing.compile import Edit, Row
+from lalm_interp.tracing.compile import Row
 
 WORDS = (("Metropolitan", 0.0, 0.765), ("France's", 0.765, 1.270), ("capital", 1.270, 1.785), ("is", 1.785, 1.943))
 
@@ -48,7 +48,6 @@ def test_restoring_nothing_reproduces_corrupt_exactly(prep):
 
 @pytest.mark.parametrize("stream", ["audio", "text"])
 def test_restoring_everything_reproduces_clean_exactly(prep, stream):
-    a = prep.adapter
     base = prep.compiled.base()
     rows = prep.rows(Restore(f"{stream}.layers.*.resid", window=6, positions="all"))
     lp = prep.compiled.run(rows)
