@@ -5,10 +5,15 @@
   input is the ROME key) and ``resid`` (the layer output).
 * :func:`decoder` — a Llama/Qwen2-style decoder: per layer ``attn``, ``mlp``, ``mlp.down``
   (``down_proj``), ``resid``, then the final ``norm``.
+* :func:`whisper_rate_chain` — Whisper's front end (mel at ``sample_rate / hop``, conv2 stride 2)
+  followed by the model's own LLM-token stage.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
+from ..rates import RateChain, Stage
 from .base import BCT, TUPLE0, Component
 
 
@@ -43,3 +48,14 @@ def decoder(prefix: str, *, dim: str = "text_config.hidden_size",
         "text.layers.{i}.resid": Component(f"{prefix}.layers.{{i}}", dim, in_dim=dim),
         "text.norm": Component(f"{prefix}.norm", dim),
     }
+
+
+def whisper_rate_chain(processor: Any, token: Stage, *, window_mel: int | None = None) -> RateChain:
+    """mel (the processor's rate, default 16 kHz / hop 160) → conv2 (k3 s2 p1) → ``token``."""
+    fe = getattr(processor, "feature_extractor", None)
+    return RateChain(
+        sample_rate=int(getattr(fe, "sampling_rate", 16000)),
+        hop=int(getattr(fe, "hop_length", 160)),
+        stages=(Stage("mel"), Stage("encoder", stride=2, kernel=3, padding=1), token),  # conv2
+        window_mel=window_mel,
+    )

@@ -14,7 +14,7 @@ from typing import Any
 
 from ..rates import RateChain, Stage
 from .base import BCT, BTC, SEQ, AdapterSpec, Component, placeholder_slots
-from .blocks import decoder, whisper_encoder
+from .blocks import decoder, whisper_encoder, whisper_rate_chain
 
 A = "model.audio_tower"
 T = "model.language_model"
@@ -23,18 +23,7 @@ TD = "text_config.hidden_size"
 
 
 def qwen2_audio_rate_chain(config: Any, processor: Any = None) -> RateChain:
-    fe = getattr(processor, "feature_extractor", None)
-    sr = int(getattr(fe, "sampling_rate", 16000))
-    hop = int(getattr(fe, "hop_length", 160))
-    return RateChain(
-        sample_rate=sr,
-        hop=hop,
-        stages=(
-            Stage("mel"),
-            Stage("encoder", stride=2, kernel=3, padding=1),  # conv2
-            Stage("token", stride=2, kernel=2, padding=0),  # avg_pooler
-        ),
-    )
+    return whisper_rate_chain(processor, Stage("token", stride=2, kernel=2, padding=0))  # avg_pooler
 
 
 def chat_or_plain_prompt(processor: Any, instruction: str, style: str) -> str:

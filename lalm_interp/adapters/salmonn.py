@@ -30,7 +30,7 @@ import torch
 from ..errors import AdapterError
 from ..rates import RateChain, Stage
 from .base import BCT, SEQ, WINDOWS, AdapterSpec, Component, config_get
-from .blocks import decoder, encoder_layers, whisper_encoder
+from .blocks import decoder, encoder_layers, whisper_encoder, whisper_rate_chain
 
 W = "speech_encoder"
 BE = "beats"
@@ -45,21 +45,15 @@ PROMPT = "USER: <Speech><SpeechHere></Speech> {instruction}\nASSISTANT:"
 
 
 def salmonn_rate_chain(config: Any, processor: Any = None) -> RateChain:
-    fe = getattr(processor, "feature_extractor", None)
     k, s = int(config.window_frames), int(config.stride_frames)
     if k != s:
         raise AdapterError(
             f"salmonn adapter: Q-Former window {k} != stride {s} encoder frames; overlapping windows do not "
             "map onto a strided rate chain. Use window == stride (SALMONN's default, 17)."
         )
-    return RateChain(
-        sample_rate=int(getattr(fe, "sampling_rate", 16000)),
-        hop=int(getattr(fe, "hop_length", 160)),
-        stages=(
-            Stage("mel"),
-            Stage("encoder", stride=2, kernel=3, padding=1),  # Whisper conv2
-            Stage("token", stride=s, kernel=k, partial=True),  # Q-Former windows
-        ),
+    return whisper_rate_chain(
+        processor,
+        Stage("token", stride=s, kernel=k, partial=True),  # Q-Former windows
         window_mel=2 * int(config_get(config, "audio_config.max_source_positions")),
     )
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from ..rates import RateChain, Stage
 from .base import SEQ, WINDOWS, AdapterSpec, Component, config_get, placeholder_slots
-from .blocks import decoder, whisper_encoder
+from .blocks import decoder, whisper_encoder, whisper_rate_chain
 
 A = "model.audio_tower"
 T = "model.language_model"
@@ -33,17 +33,9 @@ def tokens_per_window(config: Any) -> int:
 
 
 def voxtral_rate_chain(config: Any, processor: Any = None) -> RateChain:
-    fe = getattr(processor, "feature_extractor", None)
-    sr = int(getattr(fe, "sampling_rate", 16000))
-    hop = int(getattr(fe, "hop_length", 160))
-    return RateChain(
-        sample_rate=sr,
-        hop=hop,
-        stages=(
-            Stage("mel"),
-            Stage("encoder", stride=2, kernel=3, padding=1),  # conv2
-            Stage("token", stride=GROUP, kernel=GROUP, partial=True),  # 4-frame concatenation
-        ),
+    return whisper_rate_chain(
+        processor,
+        Stage("token", stride=GROUP, kernel=GROUP, partial=True),  # 4-frame concatenation
         window_mel=2 * int(config_get(config, "audio_config.max_source_positions")),
     )
 
