@@ -99,13 +99,13 @@ def _row(res, editor, label: str, name: str, sites: list[str], out: Path, result
     from . import evaluation
 
     mod = evaluation.modality(sites)
-    dest = out / "edits" / f"{mod}-{label}".replace(" ", "_").replace("→", "-")
+    dest = out / "edits" / f"{mod}-{label}".replace(" ", "_")
     res.save(dest)
     doc = res.to_json()
     doc["label"] = f"{label} ({editor.label})" if hasattr(editor, "label") else label
     results.append(doc)
     s = res.summary
-    rows.append({"modality": {"Audio→Text": "Multi"}.get(mod, mod), "method": label, "editor": name,
+    rows.append({"modality": mod, "method": label, "editor": name,
                  "sites": sites, "score": s["Score"], "es": s["ES"], "ps": s["PS"], "ns": s["NS"]})
 
 

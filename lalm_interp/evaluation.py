@@ -208,7 +208,7 @@ def modality(sites: Sequence[str]) -> str:
         return "Audio"
     if streams == {"text"}:
         return "Text"
-    return "Audio→Text"
+    return "Multi"  # the paper's Table-1 "Mod." for audio-then-text (cross-modal) edits
 
 
 def score_before(ctx: EditContext, cases: Sequence[EditCase]) -> list[dict[str, Any]]:

@@ -106,7 +106,7 @@ def _edit_rows(cfg: ReproduceConfig, model, processor, adapter, bench, case_ids:
     docs = []
     for label, name, sites in tqdm(plan, desc=folder, unit="row"):
         mod = evaluation.modality(sites)
-        dest = out / folder / f"{mod}-{label}".replace(" ", "_").replace("→", "-")
+        dest = out / folder / f"{mod}-{label}".replace(" ", "_")
         if (dest / evaluation.RESULT_FILE).exists():
             docs.append(evaluation.load_result(dest / evaluation.RESULT_FILE))
             continue
