@@ -228,12 +228,16 @@ class Adapter:
         return one(site, self)
 
     # ------------------------------------------------------------------ resolution
+    def _resolve(self, site: "Site | str") -> Site:
+        """A concrete site of this adapter (fast path for already-resolved ``Site`` objects)."""
+        return site if isinstance(site, Site) and site in self._comp else self.one(site)
+
     def component(self, site: "Site | str") -> Component:
-        s = self.one(site) if not isinstance(site, Site) or site not in self._comp else site
+        s = self._resolve(site)
         return self._comp[s][0]
 
     def module_path(self, site: "Site | str") -> str:
-        s = self.one(site) if not isinstance(site, Site) or site not in self._comp else site
+        s = self._resolve(site)
         comp, layer = self._comp[s]
         return comp.module.replace("{i}", str(layer)) if layer is not None else comp.module
 
@@ -249,12 +253,12 @@ class Adapter:
             ) from err
 
     def width(self, site: "Site | str") -> int:
-        s = self.one(site) if not isinstance(site, Site) or site not in self._comp else site
+        s = self._resolve(site)
         comp = self._comp[s][0]
         return int(config_get(self.config, comp.in_dim if s.port == "in" else comp.dim))
 
     def layout(self, site: "Site | str") -> str:
-        s = self.one(site) if not isinstance(site, Site) or site not in self._comp else site
+        s = self._resolve(site)
         comp = self._comp[s][0]
         return (comp.in_layout or comp.layout) if s.port == "in" else comp.layout
 
