@@ -219,26 +219,37 @@ def score_before(ctx: EditContext, cases: Sequence[EditCase]) -> list[dict[str, 
 
 def run(editor: Editor, ctx: EditContext, cases: Sequence[EditCase], *, accumulate: bool | None = None,
         meta: dict[str, Any] | None = None, progress: Callable[[str], None] | None = None,
-        before: Sequence[dict[str, Any]] | None = None) -> RunResult:
+        before: Sequence[dict[str, Any]] | None = None,
+        on_case: Callable[[int, dict[str, Any], dict[str, Any] | None, float], None] | None = None) -> RunResult:
     """Score every case before editing, edit, score after. ``accumulate=False``: edit, score and
     revert case by case; ``True``: apply all edits in order (no reset), score all, then revert all.
     Default: the editor's own mode (single-layer reset, multi-layer accumulate). A case whose edit
     raises a :class:`~lalm_interp.errors.LalmInterpError` (e.g. :class:`EditorError`) is recorded
     with its error and left out of the metrics. ``before``: the unedited scores from
-    :func:`score_before` on the same (unedited) model and cases, reused instead of rescored."""
+    :func:`score_before` on the same (unedited) model and cases, reused instead of rescored.
+    ``on_case(i, record, edit, edit_seconds)`` is called once case ``i``'s record is final (reset:
+    right after its edit is reverted; accumulate: once every edit is reverted), e.g. to write it
+    to a file (the sharded evaluation of ``lalm_interp.executors`` does)."""
     acc = editor.accumulates if accumulate is None else bool(accumulate)
     say = progress or (lambda s: None)
     editor.reset()
     records: list[dict[str, Any]] = []
     edits: list[dict[str, Any]] = []
+    case_edit: list[dict[str, Any] | None] = [None] * len(cases)
+    case_seconds = [0.0] * len(cases)
     handles = []
     t0 = time.time()
-    edit_s = 0.0
     if before is not None and len(before) != len(cases):
         raise EditorError(f"before= has {len(before)} score records for {len(cases)} cases; use score_before(ctx, cases).")
     for i, case in enumerate(cases):
         b = before[i] if before is not None else score_case(ctx, case)
         records.append({"case_id": case.case_id, "request": case.request.to_json(), "before": b})
+
+    def final(i: int) -> None:
+        _add_success(records[i])
+        if on_case is not None:
+            on_case(i, records[i], case_edit[i], case_seconds[i])
+
     try:
         for i, (case, rec) in enumerate(zip(cases, records)):
             t = time.time()
@@ -247,9 +258,12 @@ def run(editor: Editor, ctx: EditContext, cases: Sequence[EditCase], *, accumula
             except LalmInterpError as err:  # EditorError, or e.g. an edit prompt too long for the window
                 rec["error"] = str(err)
                 say(f"[{i + 1}/{len(cases)}] {case.case_id}: edit failed: {str(err).splitlines()[0]}")
+                if not acc:
+                    final(i)
                 continue
-            edit_s += time.time() - t
+            case_seconds[i] = time.time() - t
             edits.append({"case_id": case.case_id, **h.to_json()})
+            case_edit[i] = edits[-1]
             if acc:
                 handles.append(h)
             else:
@@ -259,6 +273,7 @@ def run(editor: Editor, ctx: EditContext, cases: Sequence[EditCase], *, accumula
                     h.revert()
                 edits[-1]["reverted"] = True
                 say(f"[{i + 1}/{len(cases)}] {case.case_id}: {case_success(rec['after'])}")
+                final(i)
         if acc:
             for case, rec in zip(cases, records):
                 if "error" not in rec:
@@ -266,16 +281,27 @@ def run(editor: Editor, ctx: EditContext, cases: Sequence[EditCase], *, accumula
     finally:
         for h in reversed(handles):
             h.revert()
-    for rec in records:
-        for when in ("before", "after"):
-            if when in rec:
-                rec[f"success_{when}"] = case_success(rec[when])
-    summary = summarise(records, "after")
-    baseline = summarise(records, "before")
+    if acc:
+        for i in range(len(cases)):
+            final(i)
     info = {"n_cases": len(cases), "n_failed": sum("error" in r for r in records),
-            "edit_seconds": edit_s, "total_seconds": time.time() - t0, **(meta or {})}
-    return RunResult(editor.name, editor.label, [str(s) for s in editor.describe()["sites"]],
-                     editor.describe()["hparams"], acc, records, edits, summary, baseline, info)
+            "edit_seconds": sum(case_seconds), "total_seconds": time.time() - t0, **(meta or {})}
+    return result(editor, acc, records, edits, info)
+
+
+def _add_success(rec: dict[str, Any]) -> None:
+    for when in ("before", "after"):
+        if when in rec:
+            rec[f"success_{when}"] = case_success(rec[when])
+
+
+def result(editor: Editor, accumulate: bool, records: list[dict[str, Any]], edits: list[dict[str, Any]],
+           info: dict[str, Any]) -> RunResult:
+    """The :class:`RunResult` of ``editor`` over finished per-case ``records`` (and the ``edits``
+    of the cases that were edited): summary after, baseline before, ``info`` as ``meta``."""
+    d = editor.describe()
+    return RunResult(editor.name, editor.label, [str(s) for s in d["sites"]], d["hparams"], accumulate,
+                     records, edits, summarise(records, "after"), summarise(records, "before"), info)
 
 
 # ---------------------------------------------------------------------------- table

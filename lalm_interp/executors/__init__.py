@@ -1,6 +1,6 @@
-"""Scale-out executors: run tracing shards and key-statistics chunks on one process (``local``,
-the default) or on a pool of Ray actors that each load the model once (``ray``, the optional
-``lalm-interp[ray]`` extra). Results are atomic files, so failed shards are retried and restarted
+"""Scale-out executors: run tracing shards, key-statistics chunks and evaluation (edit-case)
+shards on one process (``local``, the default) or on a pool of Ray actors that each load the model
+once (``ray``, the optional ``lalm-interp[ray]`` extra). Results are atomic files, so failed shards are retried and restarted
 jobs resume without recomputing anything. See ``docs/usage/scale-out.md``.
 
     from lalm_interp.executors import RayExecutor
@@ -23,6 +23,7 @@ from .base import (
     make_executor,
     using,
 )
+from .evaluation import evaluate_sharded, known_sharded, needs_stats
 from .stats import key_stats_sharded
 from .tracing import open_examples, trace_sharded
 
@@ -45,8 +46,8 @@ def add_cli_options(parser) -> None:
     g.add_argument("--address", default=None,
                    help="existing Ray cluster ('auto' or ray://HOST:10001); default: start a local one")
     g.add_argument("--shard-size", type=int, default=None,
-                   help="examples per tracing shard (default: ~4 shards per worker, at most 16); "
-                        "statistics use two corpus chunks per worker")
+                   help="examples per tracing shard, or edit cases per evaluation shard (default: ~4 "
+                        "shards per worker, at most 16); statistics use two corpus chunks per worker")
 
 
 def from_cli(args, model: str):
@@ -54,7 +55,7 @@ def from_cli(args, model: str):
     if getattr(args, "executor", "local") == "local":
         return None
     ex = make_executor(args.executor, model=model, workers=args.workers, address=args.address)
-    ex.shard_size = getattr(args, "shard_size", None)  # tracing shards (also inside `reproduce`)
+    ex.shard_size = getattr(args, "shard_size", None)  # tracing and evaluation shards (also inside `reproduce`)
     return ex
 
 
@@ -67,10 +68,13 @@ __all__ = [
     "RayExecutor",
     "add_cli_options",
     "current",
+    "evaluate_sharded",
     "from_cli",
     "key_stats_sharded",
+    "known_sharded",
     "load_state",
     "make_executor",
+    "needs_stats",
     "open_examples",
     "trace_sharded",
     "using",

@@ -33,7 +33,12 @@ the retry succeeds. Read on the driver when payloads are built and shipped insid
 
 class ExecutorError(LalmInterpError):
     """An executor could not run (bad options, Ray missing, a shard failed on every retry).
-    Docs: docs/usage/scale-out.md."""
+    Docs: docs/usage/scale-out.md (every message names it)."""
+
+    def __init__(self, message: str, *, page: str | None = None):
+        if "docs/usage/scale-out.md" not in message:
+            message = f"{message} Docs: docs/usage/scale-out.md."
+        super().__init__(message, page=page)
 
 
 class InjectedFailure(RuntimeError):

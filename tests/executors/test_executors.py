@@ -5,10 +5,8 @@ statistics equal the single-process ones. Ray tests use a local 2-CPU Ray instan
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -150,18 +148,6 @@ def test_local_sharded_stats_equal_single_process(tiny_deep, bench, site, tmp_pa
 
 
 # ---------------------------------------------------------------------------- Ray
-@pytest.fixture(scope="module")
-def ray_cluster():
-    ray = pytest.importorskip("ray")
-    tmp = tempfile.mkdtemp(prefix="lalm_ray_", dir="/tmp")
-    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=tmp, log_to_driver=False)
-    try:
-        yield ray
-    finally:
-        ray.shutdown()
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
 @pytest.fixture(scope="module")
 def ray_ex(ray_cluster):
     from lalm_interp.executors import RayExecutor

@@ -1,0 +1,250 @@
+"""Sharded evaluation: the edit cases of one editor spread over workers that each hold the model.
+
+Each worker runs :func:`lalm_interp.evaluation.run` on its shard of cases (the same code as the
+in-process path: score before, edit, score after, revert) and writes every finished case as its
+own atomic file ``OUT/cases/<run key>/<safe case id>.json`` (record, edit handle, edit seconds,
+the worker's process id).
+Those files are the source of truth: a retried shard or a restarted job skips the cases whose
+file exists, and the driver merges the files in case order into the usual ``RunResult``, so the
+merged records equal the in-process run's exactly (same statistics cache → same probabilities).
+
+Modes that accumulate edits across cases (``accumulate=True``, the multi-layer editors' default)
+cannot be split: case k's edit starts from the weights cases 0..k-1 left behind. They run as **one
+shard** on one worker (all-or-nothing: its files are written once every edit has been scored and
+reverted); their key statistics — the part worth spreading — are still sharded. See
+``docs/usage/scale-out.md``.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import json
+import os
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from .base import ExecutorError, chunks, fault_spec, maybe_fail
+
+CASES_DIR = "cases"
+DOCS = "docs/usage/scale-out.md"
+
+
+# ---------------------------------------------------------------------------- files
+def case_path(folder: Path, case_id: str) -> Path:
+    from ..tracing.run import _safe
+
+    return folder / f"{_safe(case_id)}.json"
+
+
+def run_key(editor: Any, accumulate: bool, fingerprint: str, corpus_id: str | None,
+            case_ids: Sequence[str]) -> str:
+    """What a case file depends on besides its own request: editor, sites, hyper-parameters,
+    mode, model fingerprint, statistics corpus — and, when edits accumulate, every case in order."""
+    d = editor.describe()
+    doc = {"method": d["method"], "sites": [str(s) for s in d["sites"]], "hparams": d["hparams"],
+           "accumulate": accumulate, "model": fingerprint, "corpus": corpus_id,
+           "cases": list(case_ids) if accumulate else None}
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def portable(case: Any) -> Any:
+    """``case`` with every probe's audio read now (benchmark items read files lazily; a worker on
+    another node gets the samples, not a path)."""
+    from ..evaluation import Probe
+
+    def p(x: Any) -> Any:
+        return x if x.item is None else Probe(x.id, x.target_true, audio_array=x.audio, instruction=x.instruction)
+
+    return replace(case, paraphrases=tuple(map(p, case.paraphrases)), neighbours=tuple(map(p, case.neighbours)))
+
+
+def read_case(path: Path, case: Any) -> dict[str, Any] | None:
+    """The stored result of ``case`` (``None`` when missing); a file written for another request
+    under the same id (the benchmark changed under the same ``--out``) is an error."""
+    if not path.exists():
+        return None
+    try:
+        doc = json.loads(path.read_text("utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise ExecutorError(f"case file {path} cannot be read ({err}); delete it and rerun the same command to "
+                            f"recompute that case. Docs: {DOCS}#evaluation.") from err
+    want = json.loads(json.dumps(case.request.to_json()))
+    if doc.get("record", {}).get("request") != want:
+        raise ExecutorError(
+            f"case file {path} was written for another request with id {case.case_id!r} (the benchmark "
+            f"changed under the same --out). Delete {path.parent} or use a new --out. "
+            f"Docs: {DOCS}#evaluation."
+        )
+    return doc
+
+
+# ---------------------------------------------------------------------------- shard functions
+_CONTEXTS: "collections.OrderedDict[tuple, Any]" = collections.OrderedDict()
+
+
+def _context(state: Any, store_root: str | None, corpus: Any, fingerprint: str) -> Any:
+    """One ``EditContext`` per (model, cache, corpus, fingerprint) in this process (the last few
+    kept), so a worker loads statistics and builds projectors once, not once per shard — as one
+    in-process run shares them across its cases."""
+    from ..editors import EditContext
+
+    model, processor, adapter = state
+    key = (id(model), store_root, getattr(corpus, "id", None), fingerprint)
+    if key not in _CONTEXTS:
+        store = None
+        if store_root:
+            from ..cache import Store
+
+            store = Store(store_root)
+        _CONTEXTS[key] = EditContext(model, processor, adapter, store=store, corpus=corpus, fingerprint=fingerprint)
+        while len(_CONTEXTS) > 4:
+            _CONTEXTS.popitem(last=False)
+    _CONTEXTS.move_to_end(key)
+    return _CONTEXTS[key]
+
+
+def model_info(state: Any, payload: dict[str, Any]) -> dict[str, Any]:
+    """Shard function: the loaded model's weights fingerprint and the editor's sites resolved on
+    its adapter (a bad site raises ``EditorError`` here, before anything is scheduled)."""
+    from ..editors.base import weights_fingerprint
+
+    model, _, adapter = state
+    editor = payload.get("editor")
+    sites = [str(s) for s in editor.resolve_sites(adapter)] if editor is not None else []
+    return {"fingerprint": weights_fingerprint(model), "sites": sites}
+
+
+def known_shard(state: Any, payload: dict[str, Any]) -> list[bool]:
+    """Shard function: top-1 correctness of each prompt's true object (``--known-only``)."""
+    from ..known import first_token_scores
+
+    model, processor, adapter = state
+    return list(first_token_scores(model, processor, adapter, payload["prompts"], target="target").correct)
+
+
+def eval_shard(state: Any, payload: dict[str, Any]) -> list[tuple[str, bool]]:
+    """Shard function: evaluate ``payload["items"]`` (``(index, case)`` pairs) with
+    ``payload["editor"]``, writing each finished case atomically; cases whose file exists are
+    skipped (all of them, or — accumulating — none). Returns ``[(case id, computed now?)]``."""
+    from ..bench.store import atomic_write_json
+    from ..evaluation import run
+
+    folder = Path(payload["dir"])
+    items = payload["items"]
+    acc = payload["accumulate"]
+    todo = [(i, c) for i, c in items if not case_path(folder, c.case_id).exists()]
+    if acc and todo:
+        todo = list(items)  # accumulated edits depend on every earlier case: all or nothing
+    fault, shard = payload.get("fault"), payload["shard"]
+    maybe_fail(fault, shard, 0)
+    now: set[str] = set()
+    if todo:
+        ctx = _context(state, payload.get("store_root"), payload.get("corpus"), payload["fingerprint"])
+
+        def write(k: int, record: dict[str, Any], edit: dict[str, Any] | None, seconds: float) -> None:
+            index, case = todo[k]
+            path = case_path(folder, case.case_id)
+            if not path.exists():  # an accumulating rerun keeps the files a lost attempt published
+                atomic_write_json(path, {"index": index, "case_id": case.case_id, "record": record,
+                                         "edit": edit, "edit_seconds": seconds, "worker": os.getpid()})
+                now.add(case.case_id)
+            maybe_fail(fault, shard, len(now))
+
+        run(payload["editor"], ctx, [c for _, c in todo], accumulate=acc, on_case=write)
+    return [(c.case_id, c.case_id in now) for _, c in items]
+
+
+# ---------------------------------------------------------------------------- driver
+def needs_stats(editor: Any) -> bool:
+    """Whether ``editor`` reads key second moments (AlphaEdit's projector, ROME's C)."""
+    hp = editor.hparams
+    covs = [getattr(h, "cov", None) for h in (hp, getattr(hp, "audio", None), getattr(hp, "text", None)) if h is not None]
+    return editor.name in ("alphaedit", "crossmodal-alphaedit") or "second_moment" in covs
+
+
+def known_sharded(executor: Any, prompts: Sequence[Any], *, batch: int = 32) -> list[bool]:
+    """``first_token_scores(...).correct`` over ``prompts`` on the executor, in chunks of whole
+    ``batch`` es (the same forward batches as one call, so the same decisions)."""
+    parts = executor.map(known_shard, [{"prompts": [prompts[j] for j in r]}
+                                       for r in chunks(len(prompts), 4 * batch)])
+    return [ok for p in parts for ok in p]
+
+
+def evaluate_sharded(executor: Any, editor: Any, cases: Sequence[Any], out: "str | Path", *,
+                     accumulate: bool | None = None, store: Any = None, corpus: Any = None,
+                     fingerprint: str | None = None, meta: dict[str, Any] | None = None,
+                     shard_size: int | None = None, progress: Callable[[str], None] | None = None) -> Any:
+    """:func:`lalm_interp.evaluation.run` with the cases spread over ``executor``'s workers;
+    returns the same :class:`~lalm_interp.evaluation.RunResult` (records and edits equal to the
+    in-process run's given the same statistics cache; ``meta`` adds executor, workers, shards,
+    cases computed now).
+
+    store / corpus: the statistics cache and corpus (an editor that needs key statistics has them
+    computed first with :func:`~lalm_interp.executors.key_stats_sharded`, then every worker reads
+    them from ``store``, which must be on a file system all workers see). fingerprint: the model's
+    (default: what a worker computes). shard_size: cases per shard (default ~4 shards per
+    worker, at most 16); accumulating modes always run as one shard.
+    """
+    from ..evaluation import result
+
+    say = progress or (lambda s: None)
+    t0 = time.time()
+    acc = editor.accumulates if accumulate is None else bool(accumulate)
+    ids = [c.case_id for c in cases]
+    dup = sorted({i for i in ids if ids.count(i) > 1})
+    if dup:
+        raise ExecutorError(f"case ids must be unique to shard an evaluation (each case is its own result "
+                            f"file); {dup[:3]} repeat. Give cases distinct ids. Docs: {DOCS}#evaluation.")
+    editor.reset()
+    info = executor.map(model_info, [{"editor": editor}])[0]  # resolves the sites on a worker: fails early
+    fp = fingerprint or info["fingerprint"]
+    root = None
+    if store is not None:
+        root = str(Path(store.root).resolve())
+        if corpus is not None and needs_stats(editor):
+            from .stats import key_stats_sharded
+
+            for site in info["sites"]:
+                say(f"key statistics at {site}@in on {executor!r}")
+                key_stats_sharded(executor, corpus, site, store=store, model=fp)
+    folder = Path(out).resolve() / CASES_DIR / run_key(editor, acc, fp, getattr(corpus, "id", None), ids)
+    folder.mkdir(parents=True, exist_ok=True)
+    done = {c.case_id for c in cases if read_case(case_path(folder, c.case_id), c) is not None}
+    todo = [(i, c) for i, c in enumerate(cases) if c.case_id not in done]
+    if acc and todo:
+        todo = list(enumerate(cases))
+        groups = [range(len(todo))]
+        say(f"{len(cases)} cases accumulate their edits: one shard on one worker ({DOCS}#evaluation)")
+    else:
+        from .tracing import default_shard_size
+
+        size = (shard_size or getattr(executor, "shard_size", None)
+                or default_shard_size(len(todo), max(executor.workers, 1)))
+        groups = chunks(len(todo), size)
+    fault = fault_spec()
+    payloads = [{"shard": s, "items": [(todo[j][0], portable(todo[j][1])) for j in r], "editor": editor,
+                 "accumulate": acc, "dir": str(folder), "store_root": root, "corpus": corpus, "fingerprint": fp,
+                 "fault": fault} for s, r in enumerate(groups)]
+    say(f"{len(done)} of {len(cases)} cases done already; {len(todo)} in {len(payloads)} shard(s) on {executor!r}")
+    res = executor.map(eval_shard, payloads,
+                       on_result=lambda i, r: say(f"shard {i + 1}/{len(payloads)}: {len(r)} case(s) done"))
+    from .tracing import remove_orphan_temps
+
+    remove_orphan_temps(folder)
+    docs = []
+    for c in cases:
+        d = read_case(case_path(folder, c.case_id), c)
+        if d is None:
+            raise ExecutorError(f"case {c.case_id!r} has no result file under {folder} after every shard "
+                                f"finished; rerun the same command to compute it. Docs: {DOCS}#evaluation.")
+        docs.append(d)
+    records = [d["record"] for d in docs]
+    edits = [d["edit"] for d in docs if d["edit"] is not None]
+    meta_out = {"n_cases": len(cases), "n_failed": sum("error" in r for r in records),
+                "edit_seconds": sum(d["edit_seconds"] for d in docs), "total_seconds": time.time() - t0,
+                "executor": executor.name, "workers": executor.workers, "shards": len(payloads),
+                "n_computed_now": sum(now for shard in res for _, now in shard), **(meta or {})}
+    return result(editor, acc, records, edits, meta_out)
