@@ -1,5 +1,6 @@
 """``lalm-interp edit run``: edit every case of a benchmark with one editor and write the ES/PS/NS
-result file (``OUT/result.json``)."""
+result file (``OUT/result.json``). With ``--executor ray`` the cases are spread over workers
+(``OUT/cases/``: one file per case; see docs/usage/scale-out.md)."""
 
 from __future__ import annotations
 
@@ -31,15 +32,10 @@ def set_hparam(hp: Any, key: str, text: str) -> Any:
     return dataclasses.replace(hp, **{head: val})
 
 
-def needs_stats(editor: Any) -> bool:
-    hp = editor.hparams
-    covs = [getattr(h, "cov", None) for h in (hp, getattr(hp, "audio", None), getattr(hp, "text", None)) if h is not None]
-    return editor.name in ("alphaedit", "crossmodal-alphaedit") or "second_moment" in covs
-
-
 def key_corpus(args: Any, bench: Any, say) -> Any:
     """The statistics corpus: LibriSpeech (``--librispeech``) or the synthesised fallback, built
-    from facts outside the benchmark (so no edited fact is protected)."""
+    from facts outside the benchmark (so no edited fact is protected). Shared by ``stats run``, so
+    both commands name the corpus (and key its statistics) the same way."""
     from lalm_interp.bench.corpus import load_librispeech, open_corpus, synthesise_corpus
     from lalm_interp.bench.datasets import load_facts
     from lalm_interp.editors import KeyCorpus
@@ -49,7 +45,7 @@ def key_corpus(args: Any, bench: Any, say) -> Any:
         return KeyCorpus(f"librispeech:{Path(args.librispeech).name}:{len(utts)}", utts)
     exclude = sorted(bench.facts)
     tag = hashlib.sha256(json.dumps(exclude).encode()).hexdigest()[:8]
-    folder = Path(args.corpus or Path(args.cache or "cache") / f"protected_corpus-{args.corpus_n}-{tag}")
+    folder = Path(args.corpus or Path(args.cache or "cache") / f"protected_corpus-{args.corpus_n}-{tag}").resolve()
     if (folder / "corpus.jsonl").is_file():
         utts = open_corpus(folder)
     else:
@@ -59,15 +55,26 @@ def key_corpus(args: Any, bench: Any, say) -> Any:
     return KeyCorpus(f"synth:{len(utts)}:{tag}", utts)
 
 
+def make_editor(args: Any) -> Any:
+    """The editor ``--method``, ``--site`` and ``--hparam`` describe."""
+    from lalm_interp.editors import get
+
+    cls = get(args.method)
+    hp = cls.HParams()
+    for kv in args.hparam or []:
+        k, _, v = kv.partition("=")
+        hp = set_hparam(hp, k.strip(), v.strip())
+    return cls(args.site if len(args.site) > 1 else args.site[0], hp)
+
+
 def run(args) -> int:
     import torch
 
     from lalm_interp.bench import Benchmark
     from lalm_interp.cache import Store
-    from lalm_interp.editors import EditContext, get
+    from lalm_interp.editors import EditContext
     from lalm_interp.evaluation import cases_from_benchmark, run as run_eval
-    from lalm_interp.known import first_token_scores
-    from lalm_interp.loading import load
+    from lalm_interp.executors import from_cli, needs_stats
 
     def say(msg: str) -> None:
         if not args.quiet:
@@ -75,44 +82,63 @@ def run(args) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    cls = get(args.method)
-    hp = cls.HParams()
-    for kv in args.hparam or []:
-        k, _, v = kv.partition("=")
-        hp = set_hparam(hp, k.strip(), v.strip())
-    sites = args.site if len(args.site) > 1 else args.site[0]
-    editor = cls(sites, hp)
-    loaded = load(args.model)
-    model, processor, adapter = loaded
-    editor.resolve_sites(adapter)  # fail early on a bad site
+    editor = make_editor(args)
     bench = Benchmark.open(args.bench)
     cases = cases_from_benchmark(bench, word=args.word, rendition=args.rendition)
-    if args.known_only:
-        s = first_token_scores(model, processor, adapter, [c.request.prompt for c in cases], target="target")
-        cases = [c for c, ok in zip(cases, s.correct) if ok]
-    if args.limit:
-        cases = cases[: args.limit]
-    say(f"{len(cases)} cases, method {args.method}, sites {sites}")
     store = Store(args.cache) if args.cache else Store()
-    corpus = key_corpus(args, bench, say) if needs_stats(editor) else None
-    ctx = EditContext(model, processor, adapter, store=store, corpus=corpus)
-    if corpus is not None and getattr(args, "executor", "local") != "local":
-        from lalm_interp.executors import from_cli, key_stats_sharded
-
-        with from_cli(args, str(args.model)) as ex:  # statistics in corpus chunks on the workers
-            for site in editor.resolve_sites(adapter):
-                say(f"key statistics at {site.with_port('in')} on {ex!r}")
-                key_stats_sharded(ex, corpus, site, store=store, model=ctx.fingerprint)
     acc = {"accumulate": True, "reset": False, None: None}[args.mode]
-    meta = {"model": str(args.model), "model_source": loaded.source, "fingerprint": ctx.fingerprint,
-            "bench": str(Path(args.bench).resolve()), "word": args.word,
-            "corpus": corpus.id if corpus is not None else None, "known_only": bool(args.known_only)}
-    res = run_eval(editor, ctx, cases, accumulate=acc, meta=meta, progress=say)
+    meta = {"model": str(args.model), "bench": str(Path(args.bench).resolve()), "word": args.word,
+            "known_only": bool(args.known_only)}
+    executor = from_cli(args, str(args.model))
+    if executor is not None:  # the workers load the model; the driver schedules and merges
+        with executor:
+            res = run_on_executor(args, executor, editor, bench, cases, store, acc, meta, say)
+    else:
+        from lalm_interp.known import first_token_scores
+        from lalm_interp.loading import load
+
+        loaded = load(args.model)
+        model, processor, adapter = loaded
+        editor.resolve_sites(adapter)  # fail early on a bad site
+        if args.known_only:
+            s = first_token_scores(model, processor, adapter, [c.request.prompt for c in cases], target="target")
+            cases = [c for c, ok in zip(cases, s.correct) if ok]
+        if args.limit:
+            cases = cases[: args.limit]
+        say(f"{len(cases)} cases, method {args.method}, sites {editor.site_spec}")
+        corpus = key_corpus(args, bench, say) if needs_stats(editor) else None
+        ctx = EditContext(model, processor, adapter, store=store, corpus=corpus)
+        meta.update(model_source=loaded.source, fingerprint=ctx.fingerprint,
+                    corpus=corpus.id if corpus is not None else None)
+        res = run_eval(editor, ctx, cases, accumulate=acc, meta=meta, progress=say)
     path = res.save(args.out)
     s, b = res.summary, res.baseline
     print(f"{res.mod} {res.label}: Score {s['Score']} ES {s['ES']} PS {s['PS']} NS {s['NS']} "
           f"(unedited: ES {b['ES']} PS {b['PS']} NS {b['NS']}); wrote {path}")
     return 0
+
+
+def run_on_executor(args: Any, executor: Any, editor: Any, bench: Any, cases: list, store: Any,
+                    acc: bool | None, meta: dict[str, Any], say) -> Any:
+    """``edit run --executor ray``: the known filter, the key statistics and the edit cases run on
+    the executor's workers (see docs/usage/scale-out.md); returns the merged ``RunResult``."""
+    from lalm_interp.executors import evaluate_sharded, known_sharded, needs_stats
+    from lalm_interp.executors.evaluation import model_info
+    from lalm_interp.loading import resolve
+
+    say(f"starting {executor!r}")
+    info = executor.map(model_info, [{"editor": editor}])[0]  # a bad site fails here, on a worker
+    if args.known_only:
+        ok = known_sharded(executor, [c.request.prompt for c in cases])
+        cases = [c for c, k in zip(cases, ok) if k]
+    if args.limit:
+        cases = cases[: args.limit]
+    say(f"{len(cases)} cases, method {args.method}, sites {editor.site_spec}")
+    corpus = key_corpus(args, bench, say) if needs_stats(editor) else None
+    source = args.model if args.model == "tiny-random" else resolve(args.model)[0]
+    meta.update(model_source=source, fingerprint=info["fingerprint"], corpus=corpus.id if corpus is not None else None)
+    return evaluate_sharded(executor, editor, cases, args.out, accumulate=acc, store=store, corpus=corpus,
+                            fingerprint=info["fingerprint"], meta=meta, progress=say)
 
 
 def register(sub) -> None:
@@ -125,7 +151,7 @@ def register(sub) -> None:
     r.add_argument("--site", action="append", required=True,
                    help="site(s) to edit, e.g. audio.layers.1 (= audio.layers.1.mlp.down), text.layers.0:2; repeat for cross-modal")
     r.add_argument("--word", default="last", choices=["first", "last", "subject"], help="subject word the key is taken at")
-    r.add_argument("--out", required=True, help="output folder (result.json)")
+    r.add_argument("--out", required=True, help="output folder (result.json; with --executor ray also cases/, resumable)")
     r.add_argument("--hparam", action="append", metavar="KEY=VALUE", help="override a hyper-parameter (dotted for nested: audio.steps=5)")
     mode = r.add_mutually_exclusive_group()
     mode.add_argument("--accumulate", dest="mode", action="store_const", const="accumulate",

@@ -107,14 +107,17 @@ def _context(state: Any, store_root: str | None, corpus: Any, fingerprint: str) 
 
 
 def model_info(state: Any, payload: dict[str, Any]) -> dict[str, Any]:
-    """Shard function: the loaded model's weights fingerprint and the editor's sites resolved on
-    its adapter (a bad site raises ``EditorError`` here, before anything is scheduled)."""
+    """Shard function: the loaded model's weights fingerprint, ``payload["editor"]``'s sites and
+    the key sites of ``payload["sites"]`` resolved on its adapter (a bad site raises
+    ``EditorError`` here, before anything else is scheduled)."""
     from ..editors.base import weights_fingerprint
+    from .stats import key_sites
 
     model, _, adapter = state
     editor = payload.get("editor")
-    sites = [str(s) for s in editor.resolve_sites(adapter)] if editor is not None else []
-    return {"fingerprint": weights_fingerprint(model), "sites": sites}
+    return {"fingerprint": weights_fingerprint(model),
+            "sites": [str(s) for s in editor.resolve_sites(adapter)] if editor is not None else [],
+            "key_sites": [str(s) for s in key_sites(adapter, payload["sites"])] if payload.get("sites") else []}
 
 
 def known_shard(state: Any, payload: dict[str, Any]) -> list[bool]:

@@ -13,6 +13,24 @@ from typing import Any
 from .base import ExecutorError, chunks, fault_spec, maybe_fail
 
 
+def key_sites(adapter: Any, specs: Any) -> list[Any]:
+    """The concrete ``...@in`` sites that site ``specs`` name, as editors read them (editor shorthand
+    allowed: ``text.layers.4`` is ``text.layers.4.mlp.down``; ranges ``text.layers.2:5`` expand)."""
+    from ..editors.base import EditorError, normalise_site
+    from ..errors import SiteError
+
+    specs = [specs] if isinstance(specs, str) else list(specs)
+    try:
+        sites = adapter.expand([normalise_site(s) for s in specs])
+    except SiteError as err:
+        raise EditorError(f"key statistics: {str(err).splitlines()[0]}") from err
+    bad = [str(s) for s in sites if not adapter.component(s).has_input]
+    if bad:
+        raise EditorError(f"key statistics: {bad} have no key input (@in); statistics are taken at a module's "
+                          "input, e.g. text.layers.4.mlp.down (mlp.down_proj) or audio.layers.1.mlp.down (fc2).")
+    return [s.with_port("in") for s in sites]
+
+
 def stats_chunk(state: Any, payload: dict[str, Any]) -> Any:
     """Shard function: the SecondMoment of the keys at ``payload["site"]`` over ``payload["clips"]``
     (loaded from / written to ``payload["path"]`` when given)."""

@@ -1,0 +1,107 @@
+"""``lalm-interp stats run``: compute and cache the key second moments that editors read (ROME's C,
+AlphaEdit's protected keys) before any ``edit run`` — in this process, or in corpus chunks on Ray
+workers (``--executor ray``). The statistics corpus and the cache key are exactly ``edit run``'s
+(same ``--bench`` / ``--corpus`` / ``--corpus-n`` / ``--librispeech`` / ``--cache``, same model
+fingerprint), so a later ``edit run`` finds them instead of recomputing. See
+docs/usage/scale-out.md and docs/usage/cache.md."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+
+def run(args) -> int:
+    import torch
+
+    from lalm_interp.cache import SecondMoment, Store
+    from lalm_interp.cache.layout import stats_dir
+    from lalm_interp.cache.stats import stats_path
+    from lalm_interp.executors import ExecutorError, from_cli
+    from lalm_interp.executors.evaluation import model_info
+    from lalm_interp.executors.stats import key_sites
+
+    from .edit import key_corpus
+
+    def say(msg: str) -> None:
+        if not args.quiet:
+            print(msg, file=sys.stderr, flush=True)
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if not args.bench and not args.librispeech:
+        raise ExecutorError("stats run needs the corpus `edit run` will use: --bench BENCH (the synthesised "
+                            "protected corpus made from facts outside that benchmark, as edit run does) or "
+                            "--librispeech DIR. Docs: docs/usage/scale-out.md#statistics.")
+    bench = None
+    if args.bench:
+        from lalm_interp.bench import Benchmark
+
+        bench = Benchmark.open(args.bench)
+    store = Store(args.cache) if args.cache else Store()
+    corpus = key_corpus(args, bench, say)
+    executor = from_cli(args, str(args.model))
+    rows = []
+    if executor is not None:
+        from lalm_interp.executors import key_stats_sharded
+
+        with executor:
+            info = executor.map(model_info, [{"sites": args.site}])[0]  # bad sites fail here, on a worker
+            fp = info["fingerprint"]
+            for s in info["key_sites"]:
+                t, cached = time.time(), stats_path(stats_dir(store.root), s, fp, corpus.id).exists()
+                say(f"key statistics at {s} over {corpus.id} ({len(corpus.clips)} clips) on {executor!r}")
+                st = key_stats_sharded(executor, corpus, s, store=store, model=fp, recompute=args.recompute)
+                rows.append((s, st, cached and not args.recompute, time.time() - t))
+    else:
+        from lalm_interp.editors import EditContext
+        from lalm_interp.editors.keys import corpus_keys, key_stats
+
+        from .trace import load_model
+
+        model, processor, adapter = load_model(args.model)
+        ctx = EditContext(model, processor, adapter, store=store, corpus=corpus)
+        fp = ctx.fingerprint
+        for s in key_sites(adapter, args.site):
+            t, cached = time.time(), stats_path(stats_dir(store.root), str(s), fp, corpus.id).exists()
+            say(f"key statistics at {s} over {corpus.id} ({len(corpus.clips)} clips)")
+            if args.recompute:  # the editors' own code path, told to replace what is cached
+                st = store.key_stats(str(s), model=fp, corpus=corpus.id, compute=lambda s=s: corpus_keys(ctx, s),
+                                     recompute=True)
+            else:
+                st = key_stats(ctx, s)
+            rows.append((str(s), st, cached and not args.recompute, time.time() - t))
+    out = {"model": str(args.model), "fingerprint": fp, "corpus": corpus.id, "clips": len(corpus.clips),
+           "cache": str(Path(store.root).resolve()), "executor": args.executor, "stats": []}
+    for s, st, cached, dt in rows:
+        assert isinstance(st, SecondMoment)
+        out["stats"].append({"site": s, "keys": int(st.count), "dim": int(st.dim), "cached_already": cached,
+                             "seconds": round(dt, 3), "path": str(stats_path(stats_dir(store.root), s, fp, corpus.id))})
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("stats", help="key statistics (second moments) for editors, computed and cached ahead")
+    s = p.add_subparsers(dest="stats_command", metavar="ACTION")
+    r = s.add_parser("run", help="compute and cache key second moments at sites (what edit run reads)")
+    r.add_argument("--model", required=True, help="'organism', a checkpoint folder, a hub id or 'tiny-random'")
+    r.add_argument("--site", action="append", required=True,
+                   help="site(s) whose input keys to summarise, e.g. text.layers.4 (= text.layers.4.mlp.down@in), "
+                        "audio.layers.0:3; repeat for several")
+    r.add_argument("--bench", default=None,
+                   help="the benchmark edit run will edit: the protected corpus excludes its facts (as edit run's)")
+    r.add_argument("--cache", default=None, help="activation cache root (default: $LALM_INTERP_CACHE or ./cache)")
+    r.add_argument("--corpus", default=None, help="folder of the synthesised protected corpus (made if missing)")
+    r.add_argument("--corpus-n", type=int, default=200, help="utterances in the statistics corpus (paper: 5000)")
+    r.add_argument("--librispeech", default=None, help="LibriSpeech split folder to use as the corpus instead")
+    r.add_argument("--recompute", action="store_true", help="replace statistics that are cached already")
+    r.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    r.add_argument("--quiet", action="store_true")
+    from lalm_interp.executors import add_cli_options
+
+    add_cli_options(r)
+    r.set_defaults(func=run)
+    p.set_defaults(func=lambda a: (p.print_help(), 0)[1])
