@@ -13,7 +13,9 @@
   multi-layer (k > 1) editors; writes ``table2.md``.
 
 Every stage writes into ``--out`` and is resumable (the benchmark reuses its clips, tracing skips
-completed examples, editing rows with a ``result.json`` are skipped).
+completed examples, editing rows with a ``result.json`` are skipped). With an executor
+(``--executor ray``) tracing shards, each editing row's key statistics and its edit cases run on
+the workers (docs/usage/scale-out.md); without one everything runs in this process.
 """
 
 from __future__ import annotations
@@ -90,9 +92,12 @@ def _trace(cfg: ReproduceConfig, model, processor, adapter, bench, known: Sequen
 
 def _edit_rows(cfg: ReproduceConfig, model, processor, adapter, bench, case_ids: Sequence[str],
                plan: Sequence[tuple[str, str, list[str]]], folder: str) -> list[dict[str, Any]]:
+    """Run the editing rows of ``plan``. With an executor (``executors.using``, ``--executor ray``)
+    each row's key statistics are computed in corpus chunks on the workers and its edit cases are
+    spread over them (accumulating rows as one shard); the in-process path is unchanged."""
     from tqdm.auto import tqdm
 
-    from . import evaluation
+    from . import evaluation, executors
     from .bench.corpus import protected_corpus
     from .cache import Store
     from .editors import EditContext, KeyCorpus, make
@@ -103,6 +108,9 @@ def _edit_rows(cfg: ReproduceConfig, model, processor, adapter, bench, case_ids:
     utts = protected_corpus(None, n=200, fallback_dir=out / "protected_corpus")
     ctx = EditContext(model, processor, adapter, store=Store(out / "cache"),
                       corpus=KeyCorpus(f"synth:{len(utts)}", utts, instruction=cfg.instruction))
+    ex = executors.current()
+    if isinstance(ex, executors.LocalExecutor):
+        ex = ex.with_state((model, processor, adapter))
     docs = []
     for label, name, sites in tqdm(plan, desc=folder, unit="row"):
         mod = evaluation.modality(sites)
@@ -110,7 +118,12 @@ def _edit_rows(cfg: ReproduceConfig, model, processor, adapter, bench, case_ids:
         if (dest / evaluation.RESULT_FILE).exists():
             docs.append(evaluation.load_result(dest / evaluation.RESULT_FILE))
             continue
-        res = evaluation.run(make(name, sites), ctx, cases, meta={"model": cfg.model, "bench": str(out / "bench")})
+        meta = {"model": cfg.model, "bench": str(out / "bench")}
+        if ex is None:
+            res = evaluation.run(make(name, sites), ctx, cases, meta=meta)
+        else:
+            res = executors.evaluate_sharded(ex, make(name, sites), cases, dest, store=ctx.store, corpus=ctx.corpus,
+                                             fingerprint=ctx.fingerprint, meta=meta)
         res.save(dest)
         docs.append(res.to_json())
     return docs

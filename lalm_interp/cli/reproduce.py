@@ -17,7 +17,7 @@ def run(args) -> int:
     )
     from lalm_interp.executors import from_cli, using
 
-    with using(from_cli(args, args.model)):  # the tracing stage runs on this executor
+    with using(from_cli(args, args.model)):  # tracing, key statistics and edit cases run on this executor
         print(json.dumps(run_reproduce(cfg), indent=2))
     return 0
 

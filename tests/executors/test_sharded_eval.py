@@ -173,3 +173,52 @@ def test_ray_accumulating_mode_is_one_shard(ray_ex, organism, setting, cases, tm
     assert res.meta["shards"] == 1 and len(written_by(tmp_path)) == 1  # shard_size does not split it
     assert_same_result(res, want, tmp_path)
     assert [e["info"]["n_previous_edits"] for e in res.edits] == list(range(N))  # really sequential
+
+
+def test_bad_site_fails_on_the_worker_before_any_shard(organism, cases, tmp_path):
+    from lalm_interp.editors import EditorError, make
+
+    with pytest.raises(EditorError, match="cannot edit site text.layers.4.attn"):
+        evaluate_sharded(LocalExecutor(state=organism), make("rome", "text.layers.4.attn"), cases, tmp_path)
+    assert not (tmp_path / CASES_DIR).exists()
+
+
+def test_reproduce_editing_stage_on_ray(ray_ex, organism, organism_bench, setting, cases, tmp_path, monkeypatch):
+    """``reproduce``'s editing rows under ``executors.using(ray)``: key statistics and edit cases run
+    on the workers (collecting keys in this process is an error here), and the rows equal the
+    in-process rows computed from the same statistics."""
+    import shutil
+
+    from lalm_interp import executors
+    from lalm_interp.reproduce import ReproduceConfig, _edit_rows
+
+    _, corpus = setting
+    monkeypatch.setattr("lalm_interp.bench.corpus.protected_corpus", lambda *a, **k: list(corpus.clips))
+    plan = [("Single-layer", "rome", ["text.layers.4.mlp.down"]),
+            ("Multi-layer", "alphaedit", ["text.layers.3.mlp.down", "text.layers.4.mlp.down"])]
+    ids = [c.case_id for c in cases]
+
+    def no_keys_here(*a, **k):
+        raise AssertionError("key statistics were collected in the driver, not on the workers")
+
+    cfg = ReproduceConfig("table1", out=str(tmp_path / "ray"))
+    with monkeypatch.context() as m:
+        m.setattr("lalm_interp.editors.keys.corpus_keys", no_keys_here)
+        with executors.using(ray_ex):
+            on_ray = _edit_rows(cfg, *organism, open_bench(organism_bench), ids, plan, "edits")
+    assert [d["meta"]["executor"] for d in on_ray] == ["ray", "ray"]
+    assert [d["meta"]["shards"] for d in on_ray][1] == 1  # the accumulating row: one shard
+    assert len(list((tmp_path / "ray" / "cache" / "stats").rglob("*.h5"))) == 2  # text.layers.3 and 4
+    shutil.copytree(tmp_path / "ray" / "cache", tmp_path / "local" / "cache")  # the same statistics
+    local = _edit_rows(ReproduceConfig("table1", out=str(tmp_path / "local")), *organism,
+                       open_bench(organism_bench), ids, plan, "edits")
+    assert "executor" not in local[0]["meta"]  # the default path: evaluation.run in this process
+    for a, b in zip(on_ray, local):
+        for key in ("cases", "edits", "summary", "baseline", "accumulate"):
+            assert a[key] == as_json(b[key]), key
+
+
+def open_bench(path):
+    from lalm_interp.bench import Benchmark
+
+    return Benchmark.open(path)
