@@ -125,7 +125,8 @@ def known_shard(state: Any, payload: dict[str, Any]) -> list[bool]:
     from ..known import first_token_scores
 
     model, processor, adapter = state
-    return list(first_token_scores(model, processor, adapter, payload["prompts"], target="target").correct)
+    return list(first_token_scores(model, processor, adapter, payload["prompts"], target="target",
+                                   batch_size=payload.get("batch", 32)).correct)
 
 
 def eval_shard(state: Any, payload: dict[str, Any]) -> list[tuple[str, bool]]:
@@ -171,7 +172,7 @@ def needs_stats(editor: Any) -> bool:
 def known_sharded(executor: Any, prompts: Sequence[Any], *, batch: int = 32) -> list[bool]:
     """``first_token_scores(...).correct`` over ``prompts`` on the executor, in chunks of whole
     ``batch`` es (the same forward batches as one call, so the same decisions)."""
-    parts = executor.map(known_shard, [{"prompts": [prompts[j] for j in r]}
+    parts = executor.map(known_shard, [{"prompts": [prompts[j] for j in r], "batch": batch}
                                        for r in chunks(len(prompts), 4 * batch)])
     return [ok for p in parts for ok in p]
 

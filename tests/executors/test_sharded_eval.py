@@ -129,6 +129,16 @@ def test_duplicate_case_ids_are_refused(organism, cases, tmp_path):
         evaluate_sharded(LocalExecutor(state=organism), make(*ROME), [cases[0], cases[0]], tmp_path)
 
 
+def test_known_filter_on_an_executor_matches_first_token_scores(organism, cases):
+    from lalm_interp.executors import known_sharded
+    from lalm_interp.known import first_token_scores
+
+    prompts = [c.request.prompt for c in cases] * 3  # 9 prompts, shards of 8: the same batches of 2
+    want = first_token_scores(*organism, prompts, target="target", batch_size=2).correct
+    assert known_sharded(LocalExecutor(state=organism), prompts, batch=2) == want
+    assert any(want)  # the organism knows its own facts
+
+
 # ---------------------------------------------------------------------------- Ray
 @pytest.fixture(scope="module")
 def ray_ex(ray_cluster):
