@@ -34,7 +34,7 @@ def run(args) -> int:
     if not args.bench and not args.librispeech:
         raise ExecutorError("stats run needs the corpus `edit run` will use: --bench BENCH (the synthesised "
                             "protected corpus made from facts outside that benchmark, as edit run does) or "
-                            "--librispeech DIR. Docs: docs/usage/scale-out.md#statistics.")
+                            "--librispeech DIR. Docs: docs/usage/scale-out.md#statistics-stats-run.")
     bench = None
     if args.bench:
         from lalm_interp.bench import Benchmark
