@@ -69,9 +69,34 @@ class PromptBatch:
             dict(self.extra),
         )
 
-    def to(self, device: Any) -> "PromptBatch":
-        self.model_inputs = {k: v.to(device) for k, v in self.model_inputs.items()}
+    def to(self, device: Any, dtype: torch.dtype | None = None) -> "PromptBatch":
+        """Move the inputs to ``device`` (in place); ``dtype`` casts the floating ones (mel features)."""
+        self.model_inputs = _moved(self.model_inputs, device, dtype)
         return self
+
+
+def _moved(inputs: dict[str, torch.Tensor], device: Any, dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
+    return {k: v.to(device=device, dtype=dtype) if dtype is not None and v.is_floating_point() else v.to(device)
+            for k, v in inputs.items()}
+
+
+def model_placement(model: torch.nn.Module) -> tuple[torch.device, torch.dtype]:
+    """(device, dtype) of the model's first floating-point parameter: where its inputs must live."""
+    for prm in model.parameters():
+        if prm.is_floating_point():
+            return prm.device, prm.dtype
+    return torch.device("cpu"), torch.float32
+
+
+def place(inputs: "PromptBatch | dict[str, torch.Tensor]", model: torch.nn.Module) -> Any:
+    """Inputs on the model's device, mel features in its dtype (a no-op when they already are).
+
+    Every forward the toolkit runs goes through this, so a model moved to CUDA or cast to bf16
+    needs nothing else; a :class:`PromptBatch` is moved in place and returned."""
+    device, dtype = model_placement(model)
+    if isinstance(inputs, PromptBatch):
+        return inputs.to(device, dtype)
+    return _moved(inputs, device, dtype)
 
 
 def check_audio(audio: Any, sample_rate: int, adapter: Adapter, *, name: str = "audio") -> np.ndarray:

@@ -19,7 +19,7 @@ import torch
 from jaxtyping import Float
 
 from .errors import ScoringError
-from .inputs import PromptBatch
+from .inputs import PromptBatch, place
 
 
 @dataclass
@@ -57,7 +57,7 @@ def object_token_ids(tokenizer: Any, obj: str, prefix: str = "") -> list[int]:
 
 
 def _forward(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-    return model(**inputs, use_cache=False).logits
+    return model(**place(inputs, model), use_cache=False).logits
 
 
 @torch.no_grad()
@@ -65,7 +65,7 @@ def next_token_logprobs(model: torch.nn.Module, batch: PromptBatch) -> Float[tor
     """log-softmax of the logits at each example's last prompt position."""
     logits = _forward(model, batch.model_inputs)
     rows = torch.arange(len(batch))
-    return torch.log_softmax(logits[rows, torch.as_tensor(batch.last)].float(), dim=-1)
+    return torch.log_softmax(logits[rows, torch.as_tensor(batch.last)].float(), dim=-1).cpu()
 
 
 def teacher_forced_inputs(
@@ -124,4 +124,4 @@ def score_objects(
     with torch.no_grad():
         logits = _forward(model, inputs)
     first, total = logprobs_from_logits(logits, token_ids, L)
-    return ObjectScores(first, total, token_ids)
+    return ObjectScores(first.cpu(), total.cpu(), token_ids)

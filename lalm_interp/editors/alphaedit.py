@@ -10,6 +10,7 @@ from typing import Any, Sequence
 import torch
 
 from ..cache import nullspace_projector
+from ..inputs import model_placement
 from ..sites import Site
 from .base import EditContext, EditHandle, Editor, EditorError, EditRequest, register, require_mlp_down
 from .keys import KEY_SPANS, key_span_name, key_stats, optimise_delta, pooled, prepare, prepare_prompt
@@ -121,6 +122,7 @@ class AlphaEdit(Editor):
             mom = key_stats(ctx, site).second_moment
             P = torch.from_numpy(nullspace_projector(mom, hp.nullspace_threshold,
                                                      relative=hp.threshold_mode == "relative"))
+            P = P.to(model_placement(ctx.model)[0])
             ctx.memo[key] = (P, float(mom.trace()) / mom.shape[0])
         P, mean_eig = ctx.memo[key]
         return P, hp.l2 * mean_eig if hp.l2_mode == "relative" else hp.l2

@@ -21,7 +21,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 
-from ..inputs import PromptBatch, build_inputs, window_samples
+from ..inputs import PromptBatch, build_inputs, place, window_samples
 from ..scoring import logprobs_from_logits, object_prefix, object_token_ids, teacher_forced_inputs
 from ..sites import Site, parse
 from ..spans import SEQ, PositionMap, as_words, position_map
@@ -42,8 +42,8 @@ class Prepared:
 
 
 def prepare_prompt(ctx: EditContext, prompt: Any, target: str) -> Prepared:
-    batch = build_inputs(ctx.processor, ctx.adapter, [prompt.audio], instruction=prompt.instruction,
-                         names=[prompt.id])
+    batch = place(build_inputs(ctx.processor, ctx.adapter, [prompt.audio], instruction=prompt.instruction,
+                               names=[prompt.id]), ctx.model)
     pm = position_map(ctx.adapter, batch, 0, as_words(prompt.words), prompt.subject)
     ids = object_token_ids(ctx.tokenizer, target, object_prefix(ctx.adapter, batch))
     inputs, L = teacher_forced_inputs(batch, [ids], ctx.tokenizer.pad_token_id or 0)
@@ -130,7 +130,7 @@ def capture(ctx: EditContext, sites: Sequence[Site], inputs: dict[str, torch.Ten
             handles.append(mod.register_forward_hook(lambda m, args, out, s=s: keep(s, _out_tensor(out))))
     with hooked(handles):
         with torch.set_grad_enabled(grad):
-            model(**inputs, use_cache=False)
+            model(**place(inputs, model), use_cache=False)
     return got
 
 
@@ -188,7 +188,7 @@ def corpus_keys(ctx: EditContext, site: Site) -> Iterator[np.ndarray]:
     window = window_samples(adapter)
 
     def keys_of(clips: list) -> np.ndarray:
-        batch = build_inputs(ctx.processor, adapter, clips, instruction=corpus.instruction)
+        batch = place(build_inputs(ctx.processor, adapter, clips, instruction=corpus.instruction), ctx.model)
         x = capture(ctx, [site], batch.model_inputs)[site]
         rows = []
         for r in range(len(clips)):

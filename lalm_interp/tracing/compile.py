@@ -22,6 +22,7 @@ from typing import Any, Sequence
 import torch
 
 from ..adapters.base import Adapter
+from ..inputs import place
 from ..sites import Site
 from ..specs import Corrupt, SpecError
 from ..wrap import envoy, wrap
@@ -65,6 +66,7 @@ def apply_corruption(adapter: Adapter, plan: CorruptionPlan, value: torch.Tensor
     """Corrupt ``value`` (a module output at ``plan.site``) in place for ``rows``."""
     x = adapter.to_btc(plan.site, adapter.select(plan.site, value))
     a, b = plan.start, plan.stop
+    rows = rows.to(x.device)
     spec = plan.spec
     if spec.noise == "gaussian":
         sigma = x[0, a:b].float().std() if spec.sigma == "span" else torch.tensor(float(spec.sigma))
@@ -75,12 +77,13 @@ def apply_corruption(adapter: Adapter, plan: CorruptionPlan, value: torch.Tensor
     elif spec.noise == "replace":
         if plan.replace_values is None:
             raise SpecError("Corrupt(noise='replace') needs replace_audio= given to the tracer.")
-        x[rows, a:b] = plan.replace_values.to(x.dtype)
+        x[rows, a:b] = plan.replace_values.to(device=x.device, dtype=x.dtype)
 
 
 def apply_edits(adapter: Adapter, site: Site, value: torch.Tensor, rows: torch.Tensor,
                 pos: torch.Tensor, src: torch.Tensor) -> None:
     x = adapter.to_btc(site, adapter.select(site, value))
+    rows, pos, src = rows.to(x.device), pos.to(x.device), src.to(x.device)
     x[rows, pos] = x[src, pos]
 
 
@@ -132,7 +135,7 @@ class Compiled:
                  token_ids: Sequence[int], corruption: CorruptionPlan, *, memory_mb: int = 2048):
         self.model = model
         self.adapter = adapter
-        self.inputs = inputs
+        self.inputs = place(inputs, model)  # the model's device, mel features in its dtype
         self.L = L
         self.token_ids = list(token_ids)
         self.corruption = corruption
@@ -188,8 +191,8 @@ class Compiled:
         self.forwards += 1
         if capture_embeds:
             self._embeds = saved_embeds.detach()
-        self.read_values = {s: v.detach() for s, v in saved.items()}
-        return lp
+        self.read_values = {s: v.detach().cpu() for s, v in saved.items()}
+        return lp.detach().cpu()
 
     @property
     def _llm_rank(self) -> int:
@@ -253,10 +256,10 @@ def replace_values_from(model: torch.nn.Module, adapter: Adapter, site: Site, in
                         start: int, stop: int) -> torch.Tensor:
     """Activations of another clip at ``site`` over frames ``[start, stop)`` (for noise='replace')."""
     w = wrap(model)
-    with torch.no_grad(), w.trace(**inputs, use_cache=False):
+    with torch.no_grad(), w.trace(**place(inputs, model), use_cache=False):
         v = _value(adapter, w, site)
         x = adapter.to_btc(site, adapter.select(site, v))[0, start:stop].save()
-    return x.detach().clone()
+    return x.detach().cpu().clone()
 
 
 __all__ = ["Edit", "Row", "CorruptionPlan", "Compiled", "rows_per_forward", "positions_tensor",
