@@ -33,7 +33,9 @@ the retry succeeds. Read on the driver when payloads are built and shipped insid
 
 class ExecutorError(LalmInterpError):
     """An executor could not run (bad options, Ray missing, a shard failed on every retry).
-    Docs: docs/usage/scale-out.md (every message names it)."""
+    Docs: docs/usage/scale-out.md (every message names it); messages: docs/errors/scale-out.md."""
+
+    page = "scale-out"
 
     def __init__(self, message: str, *, page: str | None = None):
         if "docs/usage/scale-out.md" not in message:
