@@ -1,0 +1,288 @@
+"""GPU checks and timings, in one short run for a lent GPU machine (see docs/usage/gpu.md).
+
+Sections, each recorded on its own (a failure in one is reported and the next still runs):
+
+* ``correctness``: the organism traced on CUDA equals the same trace on the CPU; the batched sweep
+  equals the one-trace-per-restoration loop on CUDA; a sharded ``run_experiment`` on CUDA.
+* ``editors``: every editor on the organism on CUDA raises P(target_new) and reverts bitwise (key
+  statistics computed on the GPU and written to a cache).
+* ``compiler``: ``bench_tracing``'s comparison on CUDA — one example's full hidden-state sweep
+  (every layer × every position) batched vs the naive loop, and text-side encoder reuse — for the
+  organism and the tiny random model.
+* ``real_dims``: Qwen2-Audio-7B's real architecture (tests/fixtures config) with random bf16 weights
+  on the GPU: one example's hidden-state sweep, audio and text, rows per second, peak memory.
+
+    python benchmarks/bench_gpu.py --out DIR [--budget-s 420] [--small]
+
+``--small`` swaps the 7B config for a 2+2-layer one so the script can be checked on a CPU.
+Results go to ``DIR/bench_gpu.json`` after every section.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURE = ROOT / "tests" / "fixtures" / "qwen2_audio_7b"
+WORDS = (("Metropolitan", 0.0, 0.765), ("France's", 0.765, 1.270), ("capital", 1.270, 1.785), ("is", 1.785, 1.943))
+
+
+def noise(seconds: float, seed: int) -> np.ndarray:
+    return (0.3 * np.random.default_rng(seed).standard_normal(int(seconds * 16000))).astype(np.float32)
+
+
+def prompt(seed: int = 0, target: str = "Paris"):
+    from lalm_interp.tracing import SpokenPrompt
+
+    return SpokenPrompt(f"ex{seed}", noise(1.95, seed), WORDS, (0, 1), target)
+
+
+class Clock:
+    def __init__(self, device: str):
+        self.device = device
+
+    def sync(self) -> None:
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+
+    @contextlib.contextmanager
+    def __call__(self, out: dict[str, Any], key: str):
+        self.sync()
+        t0 = time.perf_counter()
+        yield
+        self.sync()
+        out[key] = round(time.perf_counter() - t0, 4)
+
+
+def peak_mb(device: str) -> float | None:
+    return round(torch.cuda.max_memory_allocated() / 2**20, 1) if device == "cuda" else None
+
+
+def reset_peak(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+
+
+# ---------------------------------------------------------------------------- sections
+def correctness(device: str, out_dir: Path) -> dict[str, Any]:
+    import lalm_interp
+    from lalm_interp.executors import LocalExecutor
+    from lalm_interp.specs import Corrupt, Experiment, Restore
+    from lalm_interp.tracing import trace_example
+    from lalm_interp.tracing.causal import Prepared
+    from lalm_interp.tracing.run import run_experiment
+
+    res: dict[str, Any] = {}
+    exp = Experiment("gpu-check", corrupt=Corrupt(scale=3.0),
+                     restores=(Restore("audio.layers.*.resid", window=3, positions=("first_subject_word", "subject")),
+                               Restore("text.layers.*.mlp", window=3, positions=("last_subject_word", "last_token")),
+                               Restore("text.layers.*.attn", window=1, positions="each")))
+    cpu = tuple(lalm_interp.load("organism"))
+    gpu = tuple(lalm_interp.load("organism", device=device))
+    ex = prompt(0)
+    a, b = trace_example(*cpu, ex, exp), trace_example(*gpu, ex, exp)
+    res["max_abs_diff_cpu_vs_gpu"] = {v: float(np.nanmax(np.abs(np.asarray(a[v]) - np.asarray(b[v]))))
+                                      for v in a.data_vars}
+    res["p_clean_gpu"], res["p_corrupt_gpu"] = float(b["p_clean"]), float(b["p_corrupt"])
+    prep = Prepared(*gpu, ex, exp)
+    rows = prep.rows(Restore("audio.layers.*.resid", window=3, positions="each"))[::7]
+    prep.compiled.base()
+    batched, naive = prep.compiled.run(rows), prep.compiled.run_naive(rows)
+    res["batched_vs_naive_max_abs_diff"] = float((batched - naive).abs().max())
+    res["batched_vs_naive_rows"] = len(rows)
+    ex_out = out_dir / "run_experiment"
+    agg = run_experiment(None, None, None, [prompt(1), prompt(2)], exp, ex_out, progress=False, plots=False,
+                         executor=LocalExecutor(state=gpu), shard_size=1)
+    res["run_experiment_examples"] = int(agg.sizes["example"])
+    ok = (max(res["max_abs_diff_cpu_vs_gpu"].values()) < 1e-3 and res["batched_vs_naive_max_abs_diff"] < 1e-4
+          and res["run_experiment_examples"] == 2)
+    res["ok"] = bool(ok)
+    return res
+
+
+def editors(device: str, out_dir: Path) -> dict[str, Any]:
+    import lalm_interp
+    from lalm_interp.cache import Store
+    from lalm_interp.editors import EditContext, EditRequest, KeyCorpus, make
+    from lalm_interp.evaluation import EditCase, score_case
+    from lalm_interp.inputs import build_inputs
+    from lalm_interp.scoring import score_objects
+
+    model, processor, adapter = lalm_interp.load("organism", device=device)
+    ctx = EditContext(model, processor, adapter, store=Store(out_dir / "cache"),
+                      corpus=KeyCorpus("noise:6", [noise(2.5, 100 + i) for i in range(6)]))
+    req = EditRequest(prompt(0), "Seattle", "first")
+
+    def p_new() -> float:
+        batch = build_inputs(processor, adapter, [req.prompt.audio])
+        return float(score_objects(model, adapter, batch, [req.target_new]).total[0].exp())
+
+    res: dict[str, Any] = {}
+    for method, site in [("rome", "audio.layers.1.mlp.down"), ("rome", "text.layers.4.mlp.down"),
+                         ("crossmodal", ["audio.layers.1", "text.layers.4"]), ("alphaedit", "text.layers.2:5"),
+                         ("alphaedit", "audio.layers.0:3"), ("crossmodal-alphaedit", ["audio.layers.0:2", "text.layers.3:5"]),
+                         ("finetune", "text.layers.4.mlp.down")]:
+        key = f"{method}@{site}"
+        try:
+            snap = {k: v.clone() for k, v in model.state_dict().items()}
+            before = p_new()
+            t0 = time.perf_counter()
+            handle = make(method, site).apply(ctx, req)
+            dt = time.perf_counter() - t0
+            after = p_new()
+            rec = score_case(ctx, EditCase(req, (), ()))
+            handle.revert()
+            bitwise = all(torch.equal(v, snap[k]) for k, v in model.state_dict().items())
+            res[key] = {"p_new_before": before, "p_new_after": after, "edit_s": round(dt, 3),
+                        "revert_bitwise": bitwise, "score_case_keys": sorted(rec)[:4],
+                        "ok": bool(after > before and bitwise)}
+        except Exception as err:  # noqa: BLE001 - one editor's failure must not hide the others'
+            res[key] = {"ok": False, "error": f"{type(err).__name__}: {err}", "trace": traceback.format_exc()[-2000:]}
+    res["ok"] = all(v["ok"] for v in res.values() if isinstance(v, dict))
+    return res
+
+
+def _sweep(prep, stream: str, clock: Clock, *, naive_rows: int, reuse: bool = True,
+           max_rows: int | None = None) -> dict[str, Any]:
+    from lalm_interp.specs import Restore
+
+    rows = prep.rows(Restore(f"{stream}.layers.*.resid", window=10, positions="each"))
+    n_all = len(rows)
+    if max_rows is not None and max_rows < n_all:
+        rows = rows[:: max(1, n_all // max_rows)][:max_rows]
+    c = prep.compiled
+    c.base()
+    r: dict[str, Any] = {"restorations_in_sweep": n_all, "restorations_timed": len(rows)}
+    reset_peak(clock.device)
+    f0 = c.forwards
+    with clock(r, "batched_s"):
+        c.run(rows, reuse_encoder=reuse)
+    r["batched_forwards"] = c.forwards - f0
+    r["batched_peak_mb"] = peak_mb(clock.device)
+    r["batched_ms_per_restoration"] = 1e3 * r["batched_s"] / len(rows)
+    sample = rows[:: max(1, len(rows) // naive_rows)][:naive_rows]
+    c.run_naive(sample[:1])  # warm-up
+    with clock(r, "naive_s"):
+        c.run_naive(sample)
+    r["naive_rows"] = len(sample)
+    r["naive_ms_per_restoration"] = 1e3 * r["naive_s"] / len(sample)
+    r["speedup_batched_vs_naive"] = r["naive_ms_per_restoration"] / r["batched_ms_per_restoration"]
+    r["full_sweep_s_estimate"] = r["batched_ms_per_restoration"] * n_all / 1e3
+    if stream == "text":
+        with clock(r, "no_reuse_s"):
+            c.run(rows, reuse_encoder=False)
+        r["speedup_encoder_reuse"] = r["no_reuse_s"] / r["batched_s"]
+    return r
+
+
+def compiler(device: str, clock: Clock) -> dict[str, Any]:
+    from lalm_interp.executors.base import load_state
+    from lalm_interp.specs import Experiment
+    from lalm_interp.tracing.causal import Prepared
+
+    res: dict[str, Any] = {}
+    for name in ("organism", "tiny-random"):
+        model, processor, adapter = load_state(name, device)
+        prep = Prepared(model, processor, adapter, prompt(0), Experiment("bench", memory_mb=8192))
+        res[name] = {s: _sweep(prep, s, clock, naive_rows=24) for s in ("audio", "text")}
+    return res
+
+
+def real_dims(device: str, clock: Clock, small: bool, budget_s: float) -> dict[str, Any]:
+    from transformers import AutoConfig, AutoProcessor, Qwen2AudioForConditionalGeneration
+
+    from lalm_interp import adapters
+    from lalm_interp.specs import Experiment, Restore
+    from lalm_interp.tracing.causal import Prepared
+
+    config = AutoConfig.from_pretrained(FIXTURE, local_files_only=True)
+    processor = AutoProcessor.from_pretrained(FIXTURE, local_files_only=True)
+    if small:
+        config.audio_config.encoder_layers = config.text_config.num_hidden_layers = 2
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    res: dict[str, Any] = {"dtype": str(dtype), "audio_layers": config.audio_config.encoder_layers,
+                           "text_layers": config.text_config.num_hidden_layers}
+    t0 = time.perf_counter()
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            model = Qwen2AudioForConditionalGeneration(config).eval()
+        model = model.to(dtype)  # sub-configs carry the checkpoint's dtype; make every part the same
+    finally:
+        torch.set_default_dtype(old)
+    res["build_s"] = round(time.perf_counter() - t0, 1)
+    res["params_b"] = round(sum(p.numel() for p in model.parameters()) / 1e9, 3)
+    res["weights_mb"] = peak_mb(device)
+    adapter = adapters.for_model(model, processor)
+    free = (torch.cuda.mem_get_info()[0] / 2**20) if device == "cuda" else 8192
+    memory_mb = int(0.6 * free)
+    res["memory_budget_mb"] = memory_mb
+    prep = Prepared(model, processor, adapter, prompt(0), Experiment("real", memory_mb=memory_mb))
+    base = prep.compiled.base()
+    res["p_clean"], res["p_corrupt"] = (float(v) for v in base[:, 0].exp())
+    t_text = time.perf_counter()
+    res["text"] = _sweep(prep, "text", clock, naive_rows=2 if small else 6, max_rows=8 if small else None)
+    left = budget_s - (time.perf_counter() - t_text)
+    per = res["text"]["batched_ms_per_restoration"] / 1e3 * 3  # an audio row ≈ ≤3 text rows (encoder)
+    n_audio = len(prep.rows(Restore("audio.layers.*.resid", window=10, positions="each")))
+    cap = None if per * n_audio < 0.6 * left else max(64, int(0.6 * left / per))
+    res["audio"] = _sweep(prep, "audio", clock, naive_rows=2 if small else 6, max_rows=8 if small else cap)
+    a, t = res["audio"], res["text"]
+    res["full_example_sweep_s"] = a["full_sweep_s_estimate"] + t["full_sweep_s_estimate"]
+    res["examples_per_gpu_hour_hidden_state_sweep"] = 3600 / res["full_example_sweep_s"]
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default="bench_gpu_out")
+    ap.add_argument("--budget-s", type=float, default=420.0, help="stop starting heavy work after this")
+    ap.add_argument("--small", action="store_true", help="2+2-layer config instead of the 7B one (CPU check)")
+    ap.add_argument("--only", nargs="*", default=None, help="sections to run (default: all)")
+    args = ap.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    clock = Clock(device)
+    import nnsight
+    import transformers
+
+    report: dict[str, Any] = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
+                              "torch": torch.__version__, "transformers": transformers.__version__,
+                              "nnsight": getattr(nnsight, "__version__", "?")}
+    start = time.perf_counter()
+    sections = {
+        "correctness": lambda: correctness(device, out),
+        "editors": lambda: editors(device, out),
+        "compiler": lambda: compiler(device, clock),
+        "real_dims": lambda: real_dims(device, clock, args.small,
+                                       max(60.0, args.budget_s - (time.perf_counter() - start))),
+    }
+    for name, fn in sections.items():
+        if args.only is not None and name not in args.only:
+            continue
+        if time.perf_counter() - start > args.budget_s:
+            report[name] = {"skipped": "time budget spent"}
+            continue
+        t0 = time.perf_counter()
+        try:
+            report[name] = fn()
+        except Exception as err:  # noqa: BLE001 - report and go on to the next section
+            report[name] = {"ok": False, "error": f"{type(err).__name__}: {err}", "trace": traceback.format_exc()[-3000:]}
+        report[name]["section_s"] = round(time.perf_counter() - t0, 1)
+        (out / "bench_gpu.json").write_text(json.dumps(report, indent=1, default=str))
+        print(f"== {name} ({report[name]['section_s']} s)\n{json.dumps(report[name], indent=1, default=str)}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
