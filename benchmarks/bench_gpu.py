@@ -249,7 +249,12 @@ def main() -> None:
     ap.add_argument("--budget-s", type=float, default=420.0, help="stop starting heavy work after this")
     ap.add_argument("--small", action="store_true", help="2+2-layer config instead of the 7B one (CPU check)")
     ap.add_argument("--only", nargs="*", default=None, help="sections to run (default: all)")
+    ap.add_argument("--no-tf32", action="store_true",
+                    help="turn TF32 off for cuDNN convolutions and matmuls (PyTorch allows it for convs by default)")
     args = ap.parse_args()
+    if args.no_tf32:
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -259,7 +264,9 @@ def main() -> None:
 
     report: dict[str, Any] = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
                               "torch": torch.__version__, "transformers": transformers.__version__,
-                              "nnsight": getattr(nnsight, "__version__", "?")}
+                              "nnsight": getattr(nnsight, "__version__", "?"),
+                              "tf32": {"cudnn": torch.backends.cudnn.allow_tf32,
+                                       "matmul": torch.backends.cuda.matmul.allow_tf32}}
     start = time.perf_counter()
     sections = {
         "correctness": lambda: correctness(device, out),
