@@ -29,17 +29,6 @@ EXP = Experiment(
 N = 4  # examples
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Ray actors with 1 CPU run torch on 1 thread; do the same here (and spare the shared cores)."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory):
     from lalm_interp.bench.builder import build

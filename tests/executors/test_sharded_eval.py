@@ -18,16 +18,6 @@ ROME = ("rome", "text.layers.4.mlp.down")  # single-layer: reset between cases
 ALPHA = ("alphaedit", "text.layers.3:5.mlp.down")  # multi-layer: edits accumulate
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def cases(organism_bench):
     from lalm_interp.bench import Benchmark
