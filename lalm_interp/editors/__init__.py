@@ -34,12 +34,12 @@ from .base import (
 from .alphaedit import AlphaEdit, AlphaEditHParams, null_space_update
 from .crossmodal import CrossModal, CrossModalAlphaEdit, CrossModalAlphaEditHParams, CrossModalHParams
 from .finetune import FineTune, FineTuneHParams
-from .rome import Rome, RomeHParams, rank_one_update
+from .rome import Rome, RomeHParams, multi_key_update, rank_one_update
 
 __all__ = [
     "ENTRY_POINT_GROUP", "EditContext", "EditHandle", "Editor", "EditorError", "EditorWarning", "EditRequest",
     "KeyCorpus", "available", "get", "make", "normalise_site", "register",
-    "Rome", "RomeHParams", "rank_one_update", "AlphaEdit", "AlphaEditHParams", "null_space_update",
+    "Rome", "RomeHParams", "rank_one_update", "multi_key_update", "AlphaEdit", "AlphaEditHParams", "null_space_update",
     "CrossModal", "CrossModalHParams", "CrossModalAlphaEdit", "CrossModalAlphaEditHParams",
     "FineTune", "FineTuneHParams",
 ]

@@ -13,7 +13,8 @@ from ..cache import nullspace_projector
 from ..inputs import model_placement
 from ..sites import Site
 from .base import EditContext, EditHandle, Editor, EditorError, EditRequest, register, require_mlp_down
-from .keys import KEY_SPANS, key_span_name, key_stats, optimise_delta, pooled, prepare, prepare_prompt
+from .keys import KEY_SPANS, frames, key_span_name, key_stats, optimise_delta, pooled, prepare, prepare_prompt
+from .rome import KEY_MODES, key_mode
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,14 @@ class AlphaEditHParams:
         tuple of n fractions. Unit: fraction of the residual.
     key_span: ``"auto"`` (default: last token on text sites, subject word on audio sites),
         ``"word"`` or ``"last_token"``; see :class:`~lalm_interp.editors.rome.RomeHParams`.
+    keys: ``"mean"`` (AlphaEdit/MEMIT: one key per request, the mean over its key span, with target
+        z = pooled residual + δ), ``"frames"`` (one key per position of the span — every encoder
+        frame of the subject word on audio layers — each with its own target z_t = h_t + δ_t, the
+        δ_t optimised jointly; all frames enter K₁ and, after the edit, K_p) or ``"auto"``
+        (default: ``"frames"`` on audio sites, ``"mean"`` on text sites). Identical on
+        one-position spans (``key_span="last_token"``). On the organism's audio layers ``"mean"``
+        reached v* for 4 of 12 known facts, ``"frames"`` for all 7 reachable ones
+        (docs/editors/alphaedit.md).
     """
 
     steps: int = 30
@@ -53,10 +62,13 @@ class AlphaEditHParams:
     l2_mode: str = "relative"
     layer_weights: "str | tuple[float, ...]" = "memit"
     key_span: str = "auto"
+    keys: str = "auto"
 
     def check(self) -> None:
         if self.key_span not in KEY_SPANS:
             raise EditorError(f"AlphaEditHParams.key_span={self.key_span!r}; expected one of {list(KEY_SPANS)}.")
+        if self.keys not in KEY_MODES:
+            raise EditorError(f"AlphaEditHParams.keys={self.keys!r}; expected one of {list(KEY_MODES)}.")
         if self.threshold_mode not in ("relative", "absolute"):
             raise EditorError(f"AlphaEditHParams.threshold_mode={self.threshold_mode!r}; expected 'relative' or 'absolute'.")
         if self.l2_mode not in ("relative", "absolute"):
@@ -135,21 +147,28 @@ class AlphaEdit(Editor):
         last = sites[-1]
         z_site = Site(last.stream, ("layers", last.layer, "resid"))  # residual stream after the last layer
         preps = [prepare(ctx, r) for r in requests]
+
+        mode = key_mode(last, hp.keys)
+
+        def keyed(ctx: EditContext, p: Any, site: Site, name: str) -> torch.Tensor:  # (keys of p, width)
+            return frames(ctx, p, site, name) if mode == "frames" else pooled(ctx, p, site, name)[None]
+
         names = [key_span_name(r, last, hp.key_span) for r in requests]
         targets, deltas = [], []
         for i, (r, p, name) in enumerate(zip(requests, preps, names)):
             kl = [(prepare_prompt(ctx, q, r.target_new), name) for q in r.kl_prompts]
             res = optimise_delta(ctx, p, z_site, name, steps=hp.steps, lr=hp.lr, weight_decay=hp.weight_decay,
                                  clamp_norm_factor=hp.clamp_norm_factor, kl_factor=hp.kl_factor, kl_preps=kl,
-                                 init=(inits or {}).get(i), stop_nll=hp.stop_nll)
-            targets.append(pooled(ctx, p, z_site, name) + res.delta.double())
+                                 init=(inits or {}).get(i), stop_nll=hp.stop_nll,
+                                 per_position=mode == "frames")
+            targets.append(keyed(ctx, p, z_site, name) + res.delta.double())
             deltas.append({"case_id": r.id, "nll": res.nll, "delta_norm": res.delta_norm, "v_norm": res.v0_norm})
-        Z = torch.stack(targets)  # (n, D)
+        Z = torch.cat(targets)  # (n keys, D)
         pending: dict[str, torch.Tensor] = {}
         layers = []
         for i, (site, (P, lam)) in enumerate(zip(sites, projectors)):
-            K1 = torch.stack([pooled(ctx, p, site.with_port("in"), nm) for p, nm in zip(preps, names)]).T  # (in, n)
-            cur = torch.stack([pooled(ctx, p, z_site, nm) for p, nm in zip(preps, names)])
+            K1 = torch.cat([keyed(ctx, p, site.with_port("in"), nm) for p, nm in zip(preps, names)]).T  # (in, n)
+            cur = torch.cat([keyed(ctx, p, z_site, nm) for p, nm in zip(preps, names)])
             R = (Z - cur).T * weights[i]  # (D, n): this layer's share of what is still missing
             module = adapter.module(ctx.model, site)
             handle.track(site, module, adapter.module_path(site))
@@ -164,7 +183,7 @@ class AlphaEdit(Editor):
         for s, kk in pending.items():  # commit the accumulated keys only once the whole edit succeeded
             self.kp[s] = self.kp[s] + kk if s in self.kp else kk
         self.n_edited += len(requests)
-        handle.info.update({"targets": deltas, "layers": layers, "n_previous_edits": self.n_edited - len(requests)})
+        handle.info.update({"keys": mode, "n_keys": int(Z.shape[0]), "targets": deltas, "layers": layers, "n_previous_edits": self.n_edited - len(requests)})
 
 
 register(AlphaEdit)

@@ -136,13 +136,17 @@ def capture(ctx: EditContext, sites: Sequence[Site], inputs: dict[str, torch.Ten
 
 @contextmanager
 def add_delta(ctx: EditContext, site: Site, positions: tuple[int, int], delta: torch.Tensor,
-              rank_one: tuple[torch.Tensor, torch.Tensor] | None = None) -> Iterator[None]:
+              rank_one: tuple[torch.Tensor, torch.Tensor] | None = None,
+              mix: torch.Tensor | None = None) -> Iterator[None]:
     """Add ``delta`` (channels) to the output of ``site``.
 
     ``rank_one=None``: at time positions ``[a, b)`` (ROME's "value at the subject" form).
     ``rank_one=(k, u)``: at every position t, scaled by (uᵀx_t)/(uᵀk) with x_t the module's input —
     exactly what the rank-one update ΔW = δuᵀ/(uᵀk) will add, so the optimised loss is the loss
     the edited model has.
+    ``mix=M`` ((n, in)) with ``delta`` of shape (n, channels): at every position t, add
+    (M x_t)ᵀ delta — exactly what the multi-key update ΔW = deltaᵀ M (:func:`~lalm_interp.editors.rome.multi_key_update`)
+    will add.
     """
     adapter = ctx.adapter
     a, b = positions
@@ -150,7 +154,10 @@ def add_delta(ctx: EditContext, site: Site, positions: tuple[int, int], delta: t
     def hook(mod, args, output):
         x = _out_tensor(output)
         btc = adapter.to_btc(site, x)
-        if rank_one is None:
+        if mix is not None:
+            key = adapter.to_btc(site.with_port("in"), args[0])
+            add = ((key.double() @ mix.T) @ delta.double()).to(btc.dtype)  # (batch, time, channels)
+        elif rank_one is None:
             add = torch.zeros_like(btc)
             add[:, a:b, :] = delta.to(btc.dtype)
         else:
@@ -170,6 +177,14 @@ def pooled(ctx: EditContext, prep: Prepared, site: Site, name: str) -> torch.Ten
     a, b = span(ctx, prep, site, name)
     x = capture(ctx, [site], prep.inputs)[site]
     return x[0, a:b].double().mean(0)
+
+
+def frames(ctx: EditContext, prep: Prepared, site: Site, name: str) -> torch.Tensor:
+    """``site``'s value at every position of span ``name`` of ``prep`` (float64, shape (n, channels)):
+    one row per encoder frame (audio sites) or LLM position (text sites) of the span."""
+    a, b = span(ctx, prep, site, name)
+    x = capture(ctx, [site], prep.inputs)[site]
+    return x[0, a:b].double()
 
 
 # ---------------------------------------------------------------------------- statistics
@@ -251,7 +266,8 @@ class DeltaResult:
 def optimise_delta(ctx: EditContext, prep: Prepared, site: Site, name: str, *, steps: int, lr: float,
                    weight_decay: float, clamp_norm_factor: float, kl_factor: float = 0.0,
                    kl_preps: Sequence[tuple[Prepared, str]] = (), init: torch.Tensor | None = None,
-                   stop_nll: float = 0.05, rank_one: tuple[torch.Tensor, torch.Tensor] | None = None) -> DeltaResult:
+                   stop_nll: float = 0.05, rank_one: tuple[torch.Tensor, torch.Tensor] | None = None,
+                   mix: torch.Tensor | None = None, per_position: bool = False) -> DeltaResult:
     """δ (channels of ``site``'s output) added over span ``name`` that maximises log P(target_new).
 
     loss = NLL(target_new | prompt, δ)  (mean over target tokens)
@@ -260,14 +276,25 @@ def optimise_delta(ctx: EditContext, prep: Prepared, site: Site, name: str, *, s
     with v the pooled output at the span; ‖δ‖ is clamped to ``clamp_norm_factor · ‖v‖`` after
     each Adam step. Stops early when the NLL falls below ``stop_nll``. ``rank_one=(k*, u)`` applies
     δ the way the rank-one update will (see :func:`add_delta`) instead of over the span only.
+    ``mix=M`` ((n, in), one row per key of the multi-key update) optimises one residual per key:
+    δ has shape (n, channels) and acts as (M x_t)ᵀ δ at every position t, exactly as the multi-key
+    update will; ‖v‖ is then the Frobenius norm of the span's values (n rows) and the clamp and
+    weight decay use ‖δ‖_F. ``per_position=True`` (span form only) optimises one δ per position of
+    the span (shape (b − a, channels), norms as with ``mix``); on ``kl_preps`` (other lengths)
+    their mean is added over the prompt's span.
     """
     a, b = span(ctx, prep, site, name)
     model = ctx.model
     out0 = capture(ctx, [site], prep.inputs)[site]
-    v0 = out0[0, a:b].float().mean(0)
+    if per_position and (mix is not None or rank_one is not None):
+        raise EditorError("optimise_delta: per_position=True is the span form; it takes no rank_one or mix.")
+    rows = mix.shape[0] if mix is not None else (b - a if per_position else None)
+    v0 = out0[0, a:b].float() if rows is not None else out0[0, a:b].float().mean(0)
     v0_norm = float(v0.norm())
     width = out0.shape[-1]
-    delta = (init.detach().clone().float() if init is not None else torch.zeros(width)).to(out0.device)
+    shape = (rows, width) if rows is not None else (width,)
+    delta = (init.detach().clone().float().expand(shape).clone() if init is not None
+             else torch.zeros(shape)).to(out0.device)
     delta.requires_grad_(True)
     kl_ref = []
     for kp, kname in kl_preps:
@@ -280,7 +307,7 @@ def optimise_delta(ctx: EditContext, prep: Prepared, site: Site, name: str, *, s
     ids = [prep.new_ids]
     with frozen(model), torch.enable_grad():
         for step in range(max(steps, 0) + 1):
-            with add_delta(ctx, site, (a, b), delta, rank_one):
+            with add_delta(ctx, site, (a, b), delta, rank_one, mix):
                 logits = model(**prep.inputs, use_cache=False).logits
             _, total = logprobs_from_logits(logits, ids, prep.L)
             nll = -total[0] / len(prep.new_ids)
@@ -290,7 +317,8 @@ def optimise_delta(ctx: EditContext, prep: Prepared, site: Site, name: str, *, s
             loss = nll + weight_decay * delta.pow(2).sum() / max(v0_norm, 1e-8) ** 2
             for (kp, kname), ref in zip(kl_preps, kl_ref):
                 ka, kb = span(ctx, kp, site, kname)
-                with add_delta(ctx, site, (ka, kb), delta, rank_one):
+                kd = delta.mean(0) if per_position else delta
+                with add_delta(ctx, site, (ka, kb), kd, rank_one, mix):
                     lg = model(**kp.batch.model_inputs, use_cache=False).logits
                 lp = torch.log_softmax(lg[0, kp.batch.last[0]].float(), -1)
                 loss = loss + kl_factor / len(kl_preps) * torch.sum(ref.exp() * (ref - lp))

@@ -13,7 +13,17 @@ import torch
 from ..inputs import model_placement
 from ..sites import Site
 from .base import EditContext, EditHandle, Editor, EditorError, EditorWarning, EditRequest, register, require_mlp_down
-from .keys import KEY_SPANS, key_span_name, key_stats, optimise_delta, pooled, prepare, prepare_prompt
+from .keys import KEY_SPANS, frames, key_span_name, key_stats, optimise_delta, pooled, prepare, prepare_prompt
+
+KEY_MODES = ("auto", "mean", "frames")
+
+
+def key_mode(site: Site, mode: str, value_mode: str = "edit") -> str:
+    """``"mean"`` or ``"frames"``: ``mode`` itself, or for ``"auto"`` ``"frames"`` on audio sites (many
+    encoder frames per word) and ``"mean"`` on text sites (and whenever ``value_mode="span"``)."""
+    if mode != "auto":
+        return mode
+    return "frames" if site.stream == "audio" and value_mode == "edit" else "mean"
 
 
 @dataclass(frozen=True)
@@ -45,6 +55,17 @@ class RomeHParams:
         ``"last_token"`` on text sites and the subject word on audio sites. On the organism the
         text MLPs' causal effect sits at the last token (tracing), and ``"word"`` keys on text
         layers flipped 38-62 % of known facts vs 88-100 % for ``"last_token"`` (docs/editors/rome.md).
+    keys: ``"mean"`` (ROME, the paper's form: one key k* = the mean over the key span, a rank-one
+        update with (W + ΔW) k* = v*), ``"frames"`` (one key per position of the span — every
+        encoder frame of the subject word on audio sites — and one value residual per key, solved
+        jointly: ΔW = R (KᵀC⁻¹K + ρI)⁻¹ KᵀC⁻¹, rank ≤ number of frames; see
+        :func:`multi_key_update`) or ``"auto"`` (default: ``"frames"`` on audio sites, ``"mean"``
+        on text sites and with ``value_mode="span"``). On a one-position span
+        (``key_span="last_token"``) both coincide up to ρ. ``"frames"`` needs ``value_mode="edit"``.
+        On the organism's audio layer 1, ``"mean"`` reached v* (NLL < 1 nat) for 10 of 20 held-out
+        known facts, ``"frames"`` for 12 (all the reachable ones; docs/editors/rome.md).
+    frames_reg: ρ of ``keys="frames"`` as a fraction of the mean eigenvalue of KᵀC⁻¹K (the frames'
+        keys are strongly correlated; ρ keeps the solve well-posed). Unit: ratio.
     """
 
     steps: int = 30
@@ -58,12 +79,21 @@ class RomeHParams:
     stop_nll: float = 0.05
     value_mode: str = "edit"
     key_span: str = "auto"
+    keys: str = "auto"
+    frames_reg: float = 1e-2
 
     def check(self) -> None:
         if self.key_span not in KEY_SPANS:
             raise EditorError(f"RomeHParams.key_span={self.key_span!r}; expected one of {list(KEY_SPANS)}.")
         if self.value_mode not in ("edit", "span"):
             raise EditorError(f"RomeHParams.value_mode={self.value_mode!r}; expected 'edit' or 'span'.")
+        if self.keys not in KEY_MODES:
+            raise EditorError(f"RomeHParams.keys={self.keys!r}; expected one of {list(KEY_MODES)}.")
+        if self.keys == "frames" and self.value_mode != "edit":
+            raise EditorError("RomeHParams: keys='frames' optimises one residual per key as the update applies "
+                              "it, which needs value_mode='edit' (got 'span'); use keys='mean' for ROME's span form.")
+        if self.frames_reg < 0:
+            raise EditorError(f"RomeHParams.frames_reg must be >= 0; got {self.frames_reg}.")
         if self.cov not in ("second_moment", "identity"):
             raise EditorError(f"RomeHParams.cov={self.cov!r}; expected 'second_moment' or 'identity'.")
         if self.steps < 0 or self.lr <= 0 or self.clamp_norm_factor <= 0 or self.cov_reg <= 0:
@@ -79,6 +109,34 @@ def rank_one_update(W: torch.Tensor, k: torch.Tensor, v: torch.Tensor, C: torch.
     W, k, v = W.double(), k.double(), v.double()
     u = k if C is None else torch.linalg.solve(C.double(), k)
     return torch.outer(v - W @ k, u) / (k @ u)
+
+
+def multi_key_mix(K: torch.Tensor, C: torch.Tensor | None = None, reg: float = 0.0) -> torch.Tensor:
+    """M = (KᵀC⁻¹K + ρ·I)⁻¹ KᵀC⁻¹, shape (n, in), so that the multi-key update is ΔW = R M.
+
+    K: (in, n) keys (one column per frame); C: (in, in) key second moment (``None``: identity);
+    reg: ρ as a fraction of the mean eigenvalue of KᵀC⁻¹K (0: exact, needs K of full column rank).
+    Float64.
+    """
+    K = K.double()
+    U = K if C is None else torch.linalg.solve(C.double(), K)  # C⁻¹K, (in, n)
+    G = K.T @ U  # (n, n)
+    n = G.shape[0]
+    G = G + reg * float(torch.trace(G)) / n * torch.eye(n, dtype=G.dtype, device=G.device)
+    return torch.linalg.solve(G, U.T)
+
+
+def multi_key_update(W: torch.Tensor, K: torch.Tensor, V: torch.Tensor, C: torch.Tensor | None = None,
+                     reg: float = 0.0) -> torch.Tensor:
+    """ΔW = (V − W K)(KᵀC⁻¹K + ρI)⁻¹ KᵀC⁻¹: ROME's update with one key-value constraint per column.
+
+    With ρ = 0 it is the ΔW of least ‖ΔW C^½‖_F with (W + ΔW) K = V exactly (ROME's derivation
+    with n constraints instead of one); for n = 1 it equals :func:`rank_one_update`. rank(ΔW) ≤ n.
+    W: (out, in); K: (in, n) keys; V: (out, n) values; C: (in, in) or ``None`` (identity); reg: ρ as
+    in :func:`multi_key_mix`. Float64.
+    """
+    W, K, V = W.double(), K.double(), V.double()
+    return (V - W @ K) @ multi_key_mix(K, C, reg)
 
 
 def regularised(C: torch.Tensor, lam: float, rcond: float, where: str) -> torch.Tensor:
@@ -133,8 +191,10 @@ class Rome(Editor):
         C = self.covariance(ctx, site)
         prep = prepare(ctx, req)
         name = key_span_name(req, site, hp.key_span)
-        k = pooled(ctx, prep, site.with_port("in"), name)  # k*: mean key over the subject word
         kl = [(prepare_prompt(ctx, p, req.target_new), name) for p in req.kl_prompts]
+        if key_mode(site, hp.keys, hp.value_mode) == "frames":
+            return self._edit_frames(ctx, req, site, handle, init, C, prep, name, kl)
+        k = pooled(ctx, prep, site.with_port("in"), name)  # k*: mean key over the subject word
         u = k if C is None else torch.linalg.solve(C, k)  # ΔW ∝ δ uᵀ
         res = optimise_delta(ctx, prep, site, name, steps=hp.steps, lr=hp.lr, weight_decay=hp.weight_decay,
                              clamp_norm_factor=hp.clamp_norm_factor, kl_factor=hp.kl_factor, kl_preps=kl,
@@ -147,9 +207,31 @@ class Rome(Editor):
         with torch.no_grad():
             W.add_(dW.to(W.dtype))
         err = float((W.detach().double() @ k - v_star).norm() / max(float(v_star.norm()), 1e-30))
-        return {"case_id": req.id, "site": str(site), "nll": res.nll, "p_new_at_v_star": res.p_new,
-                "k_norm": float(k.norm()), "v_norm": res.v0_norm, "delta_norm": res.delta_norm,
-                "dW_fro": float(dW.norm()), "rel_error_Wk_v": err}
+        return {"case_id": req.id, "site": str(site), "keys": "mean", "n_keys": 1, "nll": res.nll,
+                "p_new_at_v_star": res.p_new, "k_norm": float(k.norm()), "v_norm": res.v0_norm,
+                "delta_norm": res.delta_norm, "dW_fro": float(dW.norm()), "rel_error_Wk_v": err}
+
+    def _edit_frames(self, ctx: EditContext, req: EditRequest, site: Site, handle: EditHandle,
+                     init: torch.Tensor | None, C: torch.Tensor | None, prep: Any, name: str,
+                     kl: list) -> dict[str, Any]:
+        """``keys="frames"``: one key per position of the span, residuals R optimised jointly as ΔW = Rᵀ M."""
+        hp, adapter = self.hparams, ctx.adapter
+        K = frames(ctx, prep, site.with_port("in"), name).T  # (in, n): one key per frame of the word
+        M = multi_key_mix(K, C, hp.frames_reg)  # (n, in)
+        res = optimise_delta(ctx, prep, site, name, steps=hp.steps, lr=hp.lr, weight_decay=hp.weight_decay,
+                             clamp_norm_factor=hp.clamp_norm_factor, kl_factor=hp.kl_factor, kl_preps=kl,
+                             init=init, stop_nll=hp.stop_nll, mix=M)
+        module = adapter.module(ctx.model, site)
+        handle.track(site, module, adapter.module_path(site))
+        W = module.weight
+        V_star = W.detach().double() @ K + res.delta.double().T  # v*_t = W k_t + r_t per frame
+        dW = res.delta.double().T @ M  # = multi_key_update(W, K, V_star, C, frames_reg)
+        with torch.no_grad():
+            W.add_(dW.to(W.dtype))
+        err = float((W.detach().double() @ K - V_star).norm() / max(float(V_star.norm()), 1e-30))
+        return {"case_id": req.id, "site": str(site), "keys": "frames", "n_keys": int(K.shape[1]), "nll": res.nll,
+                "p_new_at_v_star": res.p_new, "k_norm": float(K.norm()), "v_norm": res.v0_norm,
+                "delta_norm": res.delta_norm, "dW_fro": float(dW.norm()), "rel_error_Wk_v": err}
 
 
 register(Rome)

@@ -1,4 +1,5 @@
-"""The editors' linear algebra on random matrices: rank-one ROME update and AlphaEdit's null-space update."""
+"""The editors' linear algebra on random matrices: rank-one ROME update, its multi-key form and
+AlphaEdit's null-space update."""
 
 import warnings
 
@@ -7,8 +8,8 @@ import pytest
 import torch
 
 from lalm_interp.cache import nullspace_projector
-from lalm_interp.editors import EditorWarning, null_space_update, rank_one_update
-from lalm_interp.editors.rome import regularised
+from lalm_interp.editors import EditorWarning, multi_key_update, null_space_update, rank_one_update
+from lalm_interp.editors.rome import multi_key_mix, regularised
 
 
 def rand(*shape, seed=0):
@@ -80,3 +81,38 @@ def test_singular_second_moment_is_regularised_with_a_warning():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert regularised(full @ full.T, 1e-2, 1e-7, "test") is not None
+
+
+@pytest.mark.parametrize("use_c", [False, True])
+def test_multi_key_update_hits_every_value_with_rank_at_most_n(use_c):
+    W, K, V = rand(12, 20, seed=30), rand(20, 5, seed=31), rand(12, 5, seed=32)
+    corpus = rand(20, 200, seed=33)
+    C = corpus @ corpus.T / 200 if use_c else None
+    dW = multi_key_update(W, K, V, C)
+    assert torch.allclose((W + dW) @ K, V, atol=1e-8, rtol=0)
+    assert torch.linalg.matrix_rank(dW) == 5
+    # one key: exactly ROME's rank-one update
+    assert torch.allclose(multi_key_update(W, K[:, :1], V[:, :1], C), rank_one_update(W, K[:, 0], V[:, 0], C), atol=1e-10)
+
+
+def test_multi_key_update_is_the_minimum_c_norm_solution():
+    W, K, V = rand(6, 10, seed=34), rand(10, 3, seed=35), rand(6, 3, seed=36)
+    corpus = rand(10, 80, seed=37) * torch.linspace(0.2, 2, 10, dtype=torch.float64)[:, None]
+    C = corpus @ corpus.T / 80
+    dW = multi_key_update(W, K, V, C)
+    Q = torch.eye(10, dtype=torch.float64) - K @ torch.linalg.pinv(K)  # X Q adds nothing on the keys
+    for s in range(5):
+        other = dW + rand(6, 10, seed=40 + s) @ Q
+        assert torch.allclose(other @ K, dW @ K, atol=1e-10)
+        assert torch.trace(dW @ C @ dW.T) <= torch.trace(other @ C @ other.T) + 1e-10
+
+
+def test_multi_key_ridge_shrinks_and_copes_with_repeated_keys():
+    W, V = rand(4, 8, seed=50), rand(4, 3, seed=51)
+    k = rand(8, seed=52)
+    K = torch.stack([k, k, rand(8, seed=53)], 1)  # two identical frames: K^T K is singular
+    dW = multi_key_update(W, K, V, None, reg=1e-2)
+    assert torch.isfinite(dW).all() and torch.linalg.matrix_rank(dW) <= 2
+    M0, M1 = multi_key_mix(K[:, 1:], None, 0.0), multi_key_mix(K[:, 1:], None, 0.5)
+    assert torch.allclose(M0 @ K[:, 1:], torch.eye(2, dtype=torch.float64), atol=1e-10)
+    assert float(torch.linalg.eigvalsh(M1 @ K[:, 1:]).max()) < 1  # the ridge shrinks what is reached

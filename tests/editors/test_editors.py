@@ -74,7 +74,10 @@ def test_edit_raises_p_new_and_reverts_bitwise(ctx, method, site):
     assert not same(model, snap)
     assert handle.changes and all(c["delta_fro"] > 0 for c in handle.changes)
     if method in ("rome", "crossmodal", "alphaedit", "crossmodal-alphaedit"):
-        assert all(c["delta_rank"] == 1 for c in handle.changes)  # one request: rank one per layer
+        # one request: rank one per text layer (one key: the last token); on audio layers the default
+        # keys="auto" takes one key per encoder frame of the word (rank <= number of frames)
+        for c in handle.changes:
+            assert c["delta_rank"] == 1 if c["site"].startswith("text.") else c["delta_rank"] >= 1, c
     assert handle.to_json()["hparams"]
     handle.revert()
     assert same(model, snap)
@@ -175,11 +178,68 @@ def test_singular_second_moment_warns_and_still_edits(tiny_deep):
     one = EditContext(model, processor, adapter, corpus=KeyCorpus("one-short-clip", [noise(0.3, 9)]))
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter("always")
-        h = make("rome", "audio.layers.3.mlp.down").apply(one, request(9))
+        h = make("rome", "audio.layers.3.mlp.down", keys="mean").apply(one, request(9))
     assert any(issubclass(x.category, EditorWarning) for x in w)
     assert h.info["requests"][0]["rel_error_Wk_v"] < 1e-5
     h.revert()
     assert same(model, snap)
+
+
+def test_audio_keys_mean_is_rank_one_and_frames_is_the_multi_key_update(ctx):
+    """keys="mean" is ROME's rank-one update (W' k* = v*); keys="frames" (the audio default) takes one key
+    per encoder frame of the word, and the edited model's P(target_new) is the one its residuals were
+    optimised for (they are applied as the update applies them)."""
+    from lalm_interp.editors.keys import frames, prepare, span
+
+    snap = snapshot(ctx.model)
+    req = request(15)
+    site = "audio.layers.2.mlp.down"
+    h = make("rome", site, keys="mean", steps=3).apply(ctx, req)
+    rec = h.info["requests"][0]
+    assert rec["keys"] == "mean" and rec["n_keys"] == 1 and rec["rel_error_Wk_v"] < 1e-6
+    assert h.changes[0]["delta_rank"] == 1
+    h.revert()
+    ed = make("rome", site, steps=3)
+    h = ed.apply(ctx, req)
+    rec = h.info["requests"][0]
+    from lalm_interp.sites import parse
+
+    s = parse(site)
+    a, b = span(ctx, prepare(ctx, req), s, req.span_name)
+    assert rec["keys"] == "frames" and rec["n_keys"] == b - a > 1
+    assert 1 < h.changes[0]["delta_rank"] <= rec["n_keys"]
+    assert p_new(ctx, req) == pytest.approx(rec["p_new_at_v_star"], rel=1e-3)
+    # the update is the multi-key solve over the word's frame keys (W0 K + R = V*, up to the ridge)
+    from lalm_interp.editors import multi_key_update
+    from lalm_interp.editors.rome import multi_key_mix
+
+    path = h.modules[0]
+    W0 = h.original(path).double()
+    dW = ctx.model.get_submodule(path).weight.detach().double() - W0
+    h.revert()
+    K = frames(ctx, prepare(ctx, req), s.with_port("in"), req.span_name).T
+    C = ed.covariance(ctx, s)
+    R = dW @ K @ torch.linalg.pinv(multi_key_mix(K, C, ed.hparams.frames_reg) @ K)  # the residuals
+    err = (multi_key_update(W0, K, W0 @ K + R, C, ed.hparams.frames_reg) - dW).norm() / dW.norm()
+    assert err < 1e-4, err  # float32 weights
+    assert same(ctx.model, snap)
+
+
+def test_alphaedit_audio_keys_frames_and_mean(ctx):
+    snap = snapshot(ctx.model)
+    req = request(16)
+    for keys, many in (("mean", False), ("frames", True), ("auto", True)):
+        ed = make("alphaedit", "audio.layers.1:3", keys=keys, steps=2)
+        h = ed.apply(ctx, req)
+        assert (h.info["n_keys"] > 1) == many and h.info["keys"] == ("frames" if many else "mean")
+        assert all((c["delta_rank"] > 1) == many for c in h.changes)
+        assert all(torch.linalg.matrix_rank(kp) == h.info["n_keys"] or many for kp in ed.kp.values())
+        h.revert()
+        assert same(ctx.model, snap)
+    h = make("alphaedit", "text.layers.1:3", steps=2).apply(ctx, req)  # text: the last token, one key
+    assert h.info["keys"] == "mean" and h.info["n_keys"] == 1
+    h.revert()
+    assert same(ctx.model, snap)
 
 
 def test_hparams_are_validated():
@@ -187,6 +247,14 @@ def test_hparams_are_validated():
         make("rome", "text.layers.1.mlp.down", stepz=3)
     with pytest.raises(EditorError, match="cov"):
         make("rome", "text.layers.1.mlp.down", cov="diag")
+    with pytest.raises(EditorError, match="keys"):
+        make("rome", "audio.layers.1.mlp.down", keys="pooled")
+    with pytest.raises(EditorError, match="value_mode='edit'"):
+        make("rome", "audio.layers.1.mlp.down", keys="frames", value_mode="span")
+    with pytest.raises(EditorError, match="frames_reg"):
+        make("rome", "audio.layers.1.mlp.down", frames_reg=-1.0)
+    with pytest.raises(EditorError, match="keys"):
+        make("alphaedit", "audio.layers.1:3", keys="all")
 
 
 def test_statistics_are_cached_in_the_store(ctx):
