@@ -63,9 +63,7 @@ def setup(tmp_path_factory):
 
 
 @pytest.mark.parametrize("method,site", [
-    pytest.param("rome", "audio.layers.0.mlp.down", marks=pytest.mark.xfail(
-        strict=False, reason="audio-side ROME flips 38-67 % of the organism's known facts (docs/editors/rome.md): "
-        "through the subject's encoder frames it cannot reach targets the organism never produces")),
+    ("rome", "audio.layers.0.mlp.down"),  # one key per encoder frame (keys="auto"); with keys="mean" 38-67 %
     ("rome", "text.layers.4.mlp.down"),
     ("crossmodal", ["audio.layers.0", "text.layers.4"]), ("alphaedit", "text.layers.2:5.mlp.down"),
     ("crossmodal-alphaedit", ["audio.layers.0:3", "text.layers.2:5"]), ("finetune", "text.layers.4.mlp.down"),
