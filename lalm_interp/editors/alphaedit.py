@@ -183,7 +183,8 @@ class AlphaEdit(Editor):
         for s, kk in pending.items():  # commit the accumulated keys only once the whole edit succeeded
             self.kp[s] = self.kp[s] + kk if s in self.kp else kk
         self.n_edited += len(requests)
-        handle.info.update({"keys": mode, "n_keys": int(Z.shape[0]), "targets": deltas, "layers": layers, "n_previous_edits": self.n_edited - len(requests)})
+        handle.info.update({"keys": mode, "n_keys": int(Z.shape[0]), "targets": deltas, "layers": layers,
+                            "n_previous_edits": self.n_edited - len(requests)})
 
 
 register(AlphaEdit)

@@ -4,7 +4,8 @@
 * :func:`capture` reads module inputs (``site@in``: the key) or outputs in one forward pass.
 * :func:`pooled` mean-pools a site over a request's subject-word span (audio: encoder frames of
   the word; text: the LLM audio-token positions of the word — the subject is spoken, so its
-  "tokens" on the text side are audio tokens).
+  "tokens" on the text side are audio tokens); :func:`frames` keeps every position of the span
+  (one key per encoder frame for ``keys="frames"``).
 * :func:`key_stats` gives the second moment of keys at a site over a :class:`KeyCorpus`, from the
   activation cache (computed and cached on first use).
 * :func:`optimise_delta` finds the value change δ (v* = v + δ) that maximises log P(target_new).
@@ -145,8 +146,8 @@ def add_delta(ctx: EditContext, site: Site, positions: tuple[int, int], delta: t
     exactly what the rank-one update ΔW = δuᵀ/(uᵀk) will add, so the optimised loss is the loss
     the edited model has.
     ``mix=M`` ((n, in)) with ``delta`` of shape (n, channels): at every position t, add
-    (M x_t)ᵀ delta — exactly what the multi-key update ΔW = deltaᵀ M (:func:`~lalm_interp.editors.rome.multi_key_update`)
-    will add.
+    (M x_t)ᵀ delta — exactly what the multi-key update ΔW = deltaᵀ M will add
+    (:func:`~lalm_interp.editors.rome.multi_key_update`, ``keys="frames"``).
     """
     adapter = ctx.adapter
     a, b = positions

@@ -92,7 +92,8 @@ def test_multi_key_update_hits_every_value_with_rank_at_most_n(use_c):
     assert torch.allclose((W + dW) @ K, V, atol=1e-8, rtol=0)
     assert torch.linalg.matrix_rank(dW) == 5
     # one key: exactly ROME's rank-one update
-    assert torch.allclose(multi_key_update(W, K[:, :1], V[:, :1], C), rank_one_update(W, K[:, 0], V[:, 0], C), atol=1e-10)
+    one = multi_key_update(W, K[:, :1], V[:, :1], C)
+    assert torch.allclose(one, rank_one_update(W, K[:, 0], V[:, 0], C), atol=1e-10)
 
 
 def test_multi_key_update_is_the_minimum_c_norm_solution():
