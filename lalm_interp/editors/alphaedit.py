@@ -44,7 +44,7 @@ class AlphaEditHParams:
         z = pooled residual + δ), ``"frames"`` (one key per position of the span — every encoder
         frame of the subject word on audio layers — each with its own target z_t = h_t + δ_t, the
         δ_t optimised jointly; all frames enter K₁ and, after the edit, K_p) or ``"auto"``
-        (default: ``"frames"`` on audio sites, ``"mean"`` on text sites). Identical on
+        (``"frames"`` on audio sites, ``"mean"`` on text sites). Default ``"mean"`` (the paper's form). Identical on
         one-position spans (``key_span="last_token"``). On the organism's audio layers ``"mean"``
         reached v* for 4 of 12 known facts, ``"frames"`` for all 7 reachable ones
         (docs/editors/alphaedit.md).
@@ -62,7 +62,7 @@ class AlphaEditHParams:
     l2_mode: str = "relative"
     layer_weights: "str | tuple[float, ...]" = "memit"
     key_span: str = "auto"
-    keys: str = "auto"
+    keys: str = "mean"
 
     def check(self) -> None:
         if self.key_span not in KEY_SPANS:

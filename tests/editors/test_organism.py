@@ -62,18 +62,21 @@ def setup(tmp_path_factory):
     torch.set_num_threads(n)
 
 
-@pytest.mark.parametrize("method,site", [
-    ("rome", "audio.layers.0.mlp.down"),  # one key per encoder frame (keys="auto"); with keys="mean" 38-67 %
-    ("rome", "text.layers.4.mlp.down"),
-    ("crossmodal", ["audio.layers.0", "text.layers.4"]), ("alphaedit", "text.layers.2:5.mlp.down"),
-    ("crossmodal-alphaedit", ["audio.layers.0:3", "text.layers.2:5"]), ("finetune", "text.layers.4.mlp.down"),
+@pytest.mark.parametrize("method,site,hp", [
+    pytest.param("rome", "audio.layers.0.mlp.down", {}, marks=pytest.mark.xfail(
+        reason="the paper's mean-pooled audio key flips 38-67 % of known facts on the organism "
+               "(docs/editors/rome.md); keys='frames' below reaches every reachable target", strict=False)),
+    ("rome", "audio.layers.0.mlp.down", {"keys": "frames"}),
+    ("rome", "text.layers.4.mlp.down", {}),
+    ("crossmodal", ["audio.layers.0", "text.layers.4"], {}), ("alphaedit", "text.layers.2:5.mlp.down", {}),
+    ("crossmodal-alphaedit", ["audio.layers.0:3", "text.layers.2:5"], {}), ("finetune", "text.layers.4.mlp.down", {}),
 ])
-def test_editor_flips_known_facts(setup, method, site):
+def test_editor_flips_known_facts(setup, method, site, hp):
     from lalm_interp.editors import make
     from lalm_interp.evaluation import run
 
     ctx, cases, before = setup
-    res = run(make(method, site), ctx, cases, accumulate=False, before=before)
+    res = run(make(method, site, **hp), ctx, cases, accumulate=False, before=before)
     assert res.summary["n_cases"] >= N_CASES
     assert res.baseline["ES"] < 50  # known facts: the true object wins before the edit
     assert res.summary["ES"] >= 50, res.summary  # ... and target_new wins after it, for most cases
