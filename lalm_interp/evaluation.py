@@ -92,6 +92,20 @@ def cases_from_benchmark(bench: Any, *, word: str = "last", rendition: str | Non
     return cases
 
 
+def with_produced_targets(cases: Sequence[EditCase], objects: Sequence[str] | None = None) -> list[EditCase]:
+    """The cases whose target_new the model demonstrably produces: it is the true object of one of
+    ``objects`` (default: of ``cases`` themselves — call this on *known* cases, so every kept
+    target is the model's own answer to some other spoken prompt).
+
+    Why: an edit at an audio layer can only change what the decoder hears. A target_new that the
+    decoder never produces from any audio cannot be reached from the audio side at all — measured
+    on the organism (docs/usage/evaluation.md#targets-the-model-produces). Text-side editors do
+    not need this; real 7B decoders produce almost any object, so the filter keeps almost
+    everything there. Order is kept."""
+    pool = {c.request.target_true for c in cases} if objects is None else set(objects)
+    return [c for c in cases if c.request.target_new in pool]
+
+
 # ---------------------------------------------------------------------------- scoring
 def score_pairs(ctx: EditContext, probes: Sequence[Any], new: Sequence[str], true: Sequence[str], *,
                 batch_size: int = 16) -> list[tuple[float, float]]:

@@ -88,7 +88,7 @@ def run(args) -> int:
     store = Store(args.cache) if args.cache else Store()
     acc = {"accumulate": True, "reset": False, None: None}[args.mode]
     meta = {"model": str(args.model), "bench": str(Path(args.bench).resolve()), "word": args.word,
-            "known_only": bool(args.known_only)}
+            "known_only": bool(args.known_only), "targets": args.targets}
     executor = from_cli(args, str(args.model))
     if executor is not None:  # the workers load the model; the driver schedules and merges
         with executor:
@@ -103,6 +103,7 @@ def run(args) -> int:
         if args.known_only:
             s = first_token_scores(model, processor, adapter, [c.request.prompt for c in cases], target="target")
             cases = [c for c, ok in zip(cases, s.correct) if ok]
+        cases = select_targets(args, cases)
         if args.limit:
             cases = cases[: args.limit]
         say(f"{len(cases)} cases, method {args.method}, sites {editor.site_spec}")
@@ -118,6 +119,21 @@ def run(args) -> int:
     return 0
 
 
+def select_targets(args: Any, cases: list) -> list:
+    """``--targets produced``: keep cases whose target_new is the true object of another case
+    (with ``--known-only``: an answer the model gives); see docs/usage/evaluation.md."""
+    if args.targets != "all":
+        from lalm_interp.evaluation import with_produced_targets
+
+        cases = with_produced_targets(cases)
+    if not cases:
+        from lalm_interp.editors import EditorError
+
+        raise EditorError(f"no edit cases left in {args.bench} after --known-only={bool(args.known_only)} and "
+                          f"--targets={args.targets}; speak more facts into the benchmark or drop a filter.")
+    return cases
+
+
 def run_on_executor(args: Any, executor: Any, editor: Any, bench: Any, cases: list, store: Any,
                     acc: bool | None, meta: dict[str, Any], say) -> Any:
     """``edit run --executor ray``: the known filter, the key statistics and the edit cases run on
@@ -131,6 +147,7 @@ def run_on_executor(args: Any, executor: Any, editor: Any, bench: Any, cases: li
     if args.known_only:
         ok = known_sharded(executor, [c.request.prompt for c in cases])
         cases = [c for c, k in zip(cases, ok) if k]
+    cases = select_targets(args, cases)
     if args.limit:
         cases = cases[: args.limit]
     say(f"{len(cases)} cases, method {args.method}, sites {editor.site_spec}")
@@ -162,6 +179,9 @@ def register(sub) -> None:
     r.add_argument("--limit", type=int, default=None, help="at most this many cases")
     r.add_argument("--rendition", default=None, help="rendition of the edit prompts (default: the benchmark's first)")
     r.add_argument("--known-only", action="store_true", help="keep only cases whose true object is the model's top-1")
+    r.add_argument("--targets", choices=["all", "produced"], default="all",
+                   help="'produced': keep cases whose target_new is the true object of another (known) case "
+                        "— an answer the model gives; audio-side edits cannot reach others on small models")
     r.add_argument("--cache", default=None, help="activation cache root for key statistics (default: $LALM_INTERP_CACHE or ./cache)")
     r.add_argument("--corpus", default=None, help="folder of the synthesised protected corpus (made if missing)")
     r.add_argument("--corpus-n", type=int, default=200, help="utterances in the statistics corpus (paper: 5000)")

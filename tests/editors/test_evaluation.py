@@ -98,3 +98,22 @@ def test_cli_edit_run_and_eval_table(tiny_deep, tmp_path, capsys):
     assert lines[2].startswith("| – | Unedited |") and lines[3].startswith("| Text | ROME |")
     assert main(["edit", "run", "--model", str(tmp_path / "model"), "--bench", str(tmp_path / "bench"),
                  "--method", "rome", "--site", "text.layers.2.attn", "--out", str(tmp_path / "x"), "--quiet"]) == 2
+    # two CounterFact facts whose new objects are not each other's true objects: nothing is left
+    assert main(["edit", "run", "--model", str(tmp_path / "model"), "--bench", str(tmp_path / "bench"),
+                 "--method", "rome", "--site", "text.layers.2", "--targets", "produced",
+                 "--out", str(tmp_path / "y"), "--quiet"]) == 2
+    assert "no edit cases left" in capsys.readouterr().err
+    assert not (tmp_path / "y" / "result.json").exists()
+
+
+def test_with_produced_targets_keeps_targets_that_are_answers_of_other_cases():
+    from lalm_interp.evaluation import with_produced_targets
+
+    def c(seed, true, new):
+        req = EditRequest(SpokenPrompt(f"c{seed}", noise(0.5, seed), WORDS[:1], (0, 0), true), new, "last", f"case{seed}")
+        return EditCase(req)
+
+    cases = [c(0, "Paris", "Rome"), c(1, "Rome", "Beirut"), c(2, "Oslo", "Paris"), c(3, "Lima", "Lima2")]
+    assert [x.case_id for x in with_produced_targets(cases)] == ["case0", "case2"]  # Rome, Paris are answers
+    assert [x.case_id for x in with_produced_targets(cases, objects=["Beirut"])] == ["case1"]
+    assert with_produced_targets([]) == []

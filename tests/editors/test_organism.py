@@ -1,9 +1,12 @@
 """Editing the organism (a tiny Qwen2-Audio that really knows its spoken facts): each editor, with its
-default hyper-parameters, makes most known facts flip to target_new on their own edit prompt.
+default hyper-parameters and mode (single-layer: reset per case; multi-layer: edits accumulate),
+makes most known facts flip to target_new on their own edit prompt.
 
 Runs on ``lalm_interp/assets/organism`` or the checkpoint folder named by ``LALM_INTERP_ORGANISM``;
-skipped when neither exists. Nothing here is tuned to a particular checkpoint: the facts are the
-first known ones of the recipe's own fact list, and the bar is ES >= 50 % on >= 8 known cases."""
+skipped when neither exists. Nothing here is tuned to a particular checkpoint: the cases are the
+first known ones of the recipe's own fact list whose target_new the organism produces for another
+known fact (``evaluation.with_produced_targets``: an audio-side edit cannot reach an object the
+decoder never produces — measured, docs/usage/evaluation.md), and the bar is ES >= 50 % on 12."""
 
 import os
 from pathlib import Path
@@ -20,7 +23,7 @@ if not (ORGANISM / "config.json").is_file():
     pytest.skip(f"no organism checkpoint: neither {SHIPPED}/config.json nor $LALM_INTERP_ORGANISM "
                 f"({ENV or 'unset'}) exists; train one with `lalm-interp organism train`", allow_module_level=True)
 
-N_CASES = 8
+N_CASES = 12
 pytestmark = pytest.mark.slow  # ~2-4 min on 2 shared cores; run with `pytest -m slow tests/editors`
 
 
@@ -31,7 +34,7 @@ def setup(tmp_path_factory):
     from lalm_interp.bench.corpus import synthesise_corpus
     from lalm_interp.bench.datasets import load_facts
     from lalm_interp.editors import EditContext, KeyCorpus
-    from lalm_interp.evaluation import cases_from_benchmark, score_before
+    from lalm_interp.evaluation import cases_from_benchmark, score_before, with_produced_targets
     from lalm_interp.inputs import window_samples
     from lalm_interp.known import first_token_scores
     from lalm_interp.organism.export import recipe_of
@@ -41,16 +44,18 @@ def setup(tmp_path_factory):
     recipe = recipe_of(ORGANISM)
     facts = choose_facts(recipe)
     d = tmp_path_factory.mktemp("organism-bench")
-    build(facts[: 2 * N_CASES], d, renditions=[recipe.train_renditions[0]], max_paraphrases=1,
-          max_neighbours=1, workers=1, progress=False)
+    build(facts, d, renditions=[recipe.train_renditions[0]], max_paraphrases=1, max_neighbours=1, workers=1,
+          progress=False)
     window = window_samples(adapter)
     cases = [c for c in cases_from_benchmark(Benchmark.open(d), word="last", instruction=recipe.instruction)
              if len(c.request.prompt.audio) <= window]
     known = first_token_scores(model, processor, adapter, [c.request.prompt for c in cases], target="target",
                                instruction=recipe.instruction).correct
-    cases = [c for c, ok in zip(cases, known) if ok][:N_CASES]
+    known_cases = [c for c, ok in zip(cases, known) if ok]
+    cases = with_produced_targets(known_cases)[:N_CASES]
     if len(cases) < N_CASES:
-        pytest.fail(f"the organism knows only {len(cases)} of its first {2 * N_CASES} facts' edit prompts")
+        pytest.fail(f"only {len(cases)} of the organism's {len(known_cases)} known edit prompts have a target_new "
+                    f"it produces for another known fact (of {len(facts)} facts)")
     corpus = synthesise_corpus(tmp_path_factory.mktemp("corpus"), n=48,
                                facts=load_facts("counterfact") + load_facts("known1000"),
                                exclude=[f.fact_id for f in facts], workers=1)
@@ -63,20 +68,20 @@ def setup(tmp_path_factory):
 
 
 @pytest.mark.parametrize("method,site,hp", [
-    pytest.param("rome", "audio.layers.0.mlp.down", {}, marks=pytest.mark.xfail(
-        reason="the paper's mean-pooled audio key flips 38-67 % of known facts on the organism "
-               "(docs/editors/rome.md); keys='frames' below reaches every reachable target", strict=False)),
+    ("rome", "audio.layers.0.mlp.down", {}),
     ("rome", "audio.layers.0.mlp.down", {"keys": "frames"}),
     ("rome", "text.layers.4.mlp.down", {}),
-    ("crossmodal", ["audio.layers.0", "text.layers.4"], {}), ("alphaedit", "text.layers.2:5.mlp.down", {}),
-    ("crossmodal-alphaedit", ["audio.layers.0:3", "text.layers.2:5"], {}), ("finetune", "text.layers.4.mlp.down", {}),
+    ("alphaedit", "audio.layers.0:3", {}), ("alphaedit", "text.layers.2:5.mlp.down", {}),
+    ("crossmodal", ["audio.layers.0", "text.layers.4"], {}),
+    ("crossmodal-alphaedit", ["audio.layers.0:3", "text.layers.2:5"], {}),
+    ("finetune", "audio.layers.0.mlp.down", {}), ("finetune", "text.layers.4.mlp.down", {}),
 ])
 def test_editor_flips_known_facts(setup, method, site, hp):
     from lalm_interp.editors import make
     from lalm_interp.evaluation import run
 
     ctx, cases, before = setup
-    res = run(make(method, site, **hp), ctx, cases, accumulate=False, before=before)
+    res = run(make(method, site, **hp), ctx, cases, before=before)  # each editor's mode (reset / accumulate)
     assert res.summary["n_cases"] >= N_CASES
     assert res.baseline["ES"] < 50  # known facts: the true object wins before the edit
     assert res.summary["ES"] >= 50, res.summary  # ... and target_new wins after it, for most cases
