@@ -11,6 +11,21 @@ import sys
 from ..errors import LalmInterpError
 
 
+def start(args: argparse.Namespace):
+    """Common start of a long-running subcommand: torch threads from ``--threads`` (0 keeps torch's
+    default) and a ``say(msg)`` that writes progress to stderr unless ``--quiet``."""
+    if getattr(args, "threads", 0):
+        import torch
+
+        torch.set_num_threads(args.threads)
+
+    def say(msg: str) -> None:
+        if not getattr(args, "quiet", False):
+            print(msg, file=sys.stderr, flush=True)
+
+    return say
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lalm-interp",

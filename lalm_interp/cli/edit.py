@@ -7,9 +7,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import sys
 from pathlib import Path
 from typing import Any
+
+from . import start
 
 
 def set_hparam(hp: Any, key: str, text: str) -> Any:
@@ -68,20 +69,13 @@ def make_editor(args: Any) -> Any:
 
 
 def run(args) -> int:
-    import torch
-
     from lalm_interp.bench import Benchmark
     from lalm_interp.cache import Store
     from lalm_interp.editors import EditContext
     from lalm_interp.evaluation import cases_from_benchmark, run as run_eval
     from lalm_interp.executors import from_cli, needs_stats
 
-    def say(msg: str) -> None:
-        if not args.quiet:
-            print(msg, file=sys.stderr, flush=True)
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    say = start(args)
     editor = make_editor(args)
     bench = Benchmark.open(args.bench)
     cases = cases_from_benchmark(bench, word=args.word, rendition=args.rendition)

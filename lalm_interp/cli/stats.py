@@ -8,14 +8,13 @@ docs/usage/scale-out.md and docs/usage/cache.md."""
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 
+from . import start
+
 
 def run(args) -> int:
-    import torch
-
     from lalm_interp.cache import SecondMoment, Store
     from lalm_interp.cache.layout import stats_dir
     from lalm_interp.cache.stats import stats_path
@@ -25,12 +24,7 @@ def run(args) -> int:
 
     from .edit import key_corpus
 
-    def say(msg: str) -> None:
-        if not args.quiet:
-            print(msg, file=sys.stderr, flush=True)
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    say = start(args)
     if not args.bench and not args.librispeech:
         raise ExecutorError("stats run needs the corpus `edit run` will use: --bench BENCH (the synthesised "
                             "protected corpus made from facts outside that benchmark, as edit run does) or "
