@@ -10,10 +10,10 @@ from typing import Any, Sequence
 import torch
 
 from ..cache import nullspace_projector
-from ..inputs import model_placement
 from ..sites import Site
 from .base import EditContext, EditHandle, Editor, EditorError, EditRequest, register, require_mlp_down
-from .keys import KEY_SPANS, frames, key_span_name, key_stats, optimise_delta, pooled, prepare, prepare_prompt
+from .keys import (KEY_SPANS, frames, key_span_name, optimise_delta, pooled, prepare, prepare_prompt,
+                   second_moment)
 from .rome import KEY_MODES, key_mode
 
 
@@ -131,10 +131,8 @@ class AlphaEdit(Editor):
         hp = self.hparams
         key = f"alphaedit.P:{site}:{hp.nullspace_threshold}:{hp.threshold_mode}"
         if key not in ctx.memo:
-            mom = key_stats(ctx, site).second_moment
-            P = torch.from_numpy(nullspace_projector(mom, hp.nullspace_threshold,
-                                                     relative=hp.threshold_mode == "relative"))
-            P = P.to(model_placement(ctx.model)[0])
+            mom = second_moment(ctx, site)  # torch in, torch out: P lands on the weights' device
+            P = nullspace_projector(mom, hp.nullspace_threshold, relative=hp.threshold_mode == "relative")
             ctx.memo[key] = (P, float(mom.trace()) / mom.shape[0])
         P, mean_eig = ctx.memo[key]
         return P, hp.l2 * mean_eig if hp.l2_mode == "relative" else hp.l2

@@ -22,7 +22,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 
-from ..inputs import PromptBatch, build_inputs, place, window_samples
+from ..inputs import PromptBatch, build_inputs, model_placement, place, window_samples
 from ..scoring import logprobs_from_logits, object_prefix, object_token_ids, teacher_forced_inputs
 from ..sites import Site, parse
 from ..spans import SEQ, PositionMap, as_words, position_map
@@ -249,6 +249,12 @@ def key_stats(ctx: EditContext, site: "Site | str"):
             stats.update(b)
     ctx.memo[key] = stats
     return stats
+
+
+def second_moment(ctx: EditContext, site: "Site | str") -> torch.Tensor:
+    """E[k kᵀ] of :func:`key_stats` as a float64 tensor on the model's device (where the weights
+    it is combined with live)."""
+    return torch.from_numpy(key_stats(ctx, site).second_moment).to(model_placement(ctx.model)[0])
 
 
 # ---------------------------------------------------------------------------- value optimisation

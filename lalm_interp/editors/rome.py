@@ -10,10 +10,9 @@ from typing import Any
 
 import torch
 
-from ..inputs import model_placement
 from ..sites import Site
 from .base import EditContext, EditHandle, Editor, EditorError, EditorWarning, EditRequest, register, require_mlp_down
-from .keys import KEY_SPANS, frames, key_span_name, key_stats, optimise_delta, pooled, prepare, prepare_prompt
+from .keys import KEY_SPANS, frames, key_span_name, optimise_delta, pooled, prepare, prepare_prompt, second_moment
 
 KEY_MODES = ("auto", "mean", "frames")
 
@@ -176,7 +175,7 @@ class Rome(Editor):
             return None
         key = f"rome.C:{site}:{self.hparams.cov_reg}:{self.hparams.cov_rcond}"
         if key not in ctx.memo:
-            C = torch.from_numpy(key_stats(ctx, site).second_moment).to(model_placement(ctx.model)[0])
+            C = second_moment(ctx, site)
             ctx.memo[key] = regularised(C, self.hparams.cov_reg, self.hparams.cov_rcond, f"rome at {site}")
         return ctx.memo[key]
 
