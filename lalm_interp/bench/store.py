@@ -72,15 +72,46 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, ensure_ascii=False, indent=1) + "\n").encode("utf-8"))
 
 
+def check_clip_key(key: Any, where: str = "") -> str:
+    """A clip key names a file under ``clips/``: a plain name, never a path. Refuses ``../x``,
+    absolute paths, separators and empty keys (a hand-edited or foreign ``items.jsonl`` could
+    otherwise make the benchmark read files outside its folder)."""
+    bad = (not isinstance(key, str) or not key or key in (".", "..") or key.startswith(".")
+           or "/" in key or "\\" in key or "\0" in key or os.path.isabs(key))
+    if bad:
+        raise BenchmarkError(
+            f"{where or 'clip'}: clip {key!r} is not a clip key; it names a path, and clips must stay "
+            "inside the benchmark's clips/ folder.\n  expected: a content key such as the sha256 hex "
+            "written by the builder (no '/', '\\', '..' or absolute paths)\n  fix: rebuild the "
+            "benchmark with `lalm-interp bench build`, or copy the audio into the benchmark with the "
+            "builder instead of pointing at files elsewhere")
+    return key
+
+
 class ClipStore:
-    """Content-addressed audio clips under ``root/clips``."""
+    """Content-addressed audio clips under ``root/clips``. Keys are plain names (see
+    :func:`check_clip_key`); reads refuse files that resolve outside the benchmark folder (e.g.
+    through a symlink)."""
 
     def __init__(self, root: str | Path):
-        self.root = Path(root) / "clips"
+        self.bench_root = Path(root)
+        self.root = self.bench_root / "clips"
 
     def paths(self, key: str) -> tuple[Path, Path]:
+        check_clip_key(key)
         d = self.root / key[:2]
         return d / f"{key}.flac", d / f"{key}.json"
+
+    def inside(self, path: Path) -> Path:
+        """``path`` with symlinks resolved, refused unless it stays inside the benchmark folder."""
+        real, base = path.resolve(), self.bench_root.resolve()
+        if real != base and base not in real.parents:
+            raise BenchmarkError(
+                f"clip file {str(path)!r} resolves to {str(real)!r}, outside the benchmark folder "
+                f"{str(base)!r} (a symlink points out of it).\n  expected: clips stored inside the "
+                "benchmark's clips/ folder\n  fix: replace the symlink with the file itself (cp "
+                "--dereference), or rebuild the benchmark with `lalm-interp bench build`")
+        return real
 
     def has(self, key: str) -> bool:
         audio, meta = self.paths(key)
@@ -100,12 +131,15 @@ class ClipStore:
                            fsync=False)
 
     def meta(self, key: str) -> dict:
-        return _read_json(self.paths(key)[1])
+        path = self.paths(key)[1]
+        self.inside(path)
+        return _read_json(path)
 
     def audio(self, key: str) -> np.ndarray:
         import soundfile as sf
 
         path = self.paths(key)[0]
+        self.inside(path)
         try:
             data, rate = sf.read(str(path), dtype="float32")
         except Exception as err:
@@ -250,7 +284,11 @@ class Benchmark(Sequence[Item]):
                                  f"{FORMAT_VERSION}\n  fix: rebuild with this version of "
                                  "lalm-interp")
         facts = {f.fact_id: f for f in map(Fact.from_json, _read_jsonl(root / "facts.jsonl"))}
-        items = [Item.from_json(d, root) for d in _read_jsonl(root / "items.jsonl")]
+        rows = _read_jsonl(root / "items.jsonl")
+        for n, d in enumerate(rows, 1):
+            check_clip_key(d.get("clip") if isinstance(d, dict) else None,
+                           f"{str(root / 'items.jsonl')!r} entry {n} (item {d.get('id') if isinstance(d, dict) else '?'!r})")
+        items = [Item.from_json(d, root) for d in rows]
         rejected = [Rejection.from_json(d) for d in _read_jsonl(root / "rejected.jsonl")]
         return cls(root, meta, facts, items, rejected)
 

@@ -1,5 +1,7 @@
 """Garbage collection: remove temp files of writers that are gone; report (and optionally move
-aside) corrupt shards. Complete, readable data is never touched."""
+aside) corrupt shards. With ``check=True`` every dataset of every shard and statistics file is read
+in full, so damaged bytes (a failed checksum) are found too. Complete, readable data is never
+touched."""
 
 from __future__ import annotations
 
@@ -12,19 +14,25 @@ from pathlib import Path
 
 from .atomic import TMP_SUFFIX, parse_temp
 from .catalog import Scanner
-from .layout import quarantine_dir
+from .layout import quarantine_dir, stats_dir
+from .shards import ShardCheck, verify_shard
 
 
 @dataclass(frozen=True)
 class GcReport:
     """``removed``: orphaned temp files deleted (or that would be, with ``dry_run``); ``kept_live``:
     temp files of writers still running; ``corrupt``: unreadable shards; ``quarantined``: where
-    corrupt shards were moved."""
+    corrupt shards were moved. With ``check``: ``checked`` files read in full, ``damaged`` the
+    :class:`ShardCheck` of each file with a dataset that failed its checksum (or could not be read),
+    ``unverified`` files that hold data without checksums (written before checksums existed)."""
 
     removed: tuple[Path, ...] = ()
     kept_live: tuple[Path, ...] = ()
     corrupt: tuple[Path, ...] = ()
     quarantined: tuple[Path, ...] = field(default_factory=tuple)
+    checked: int = 0
+    damaged: tuple[ShardCheck, ...] = ()
+    unverified: tuple[Path, ...] = ()
 
 
 def _pid_alive(pid: int) -> bool:
@@ -37,9 +45,12 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def collect(root: Path, *, dry_run: bool = False, quarantine: bool = False, foreign_age_s: float = 24 * 3600) -> GcReport:
+def collect(root: Path, *, dry_run: bool = False, quarantine: bool = False, check: bool = False,
+            foreign_age_s: float = 24 * 3600) -> GcReport:
     """Scan ``root``. A temp file is orphaned when its writer (host, pid) is this host and the pid is
-    gone, or it is from another host and older than ``foreign_age_s``."""
+    gone, or it is from another host and older than ``foreign_age_s``. ``check``: also read every
+    dataset of every readable shard and statistics file (verifying checksums); ``quarantine`` then
+    moves damaged files aside too."""
     host = socket.gethostname().replace(".", "_") or "host"
     removed, live = [], []
     if root.is_dir():
@@ -59,12 +70,26 @@ def collect(root: Path, *, dry_run: bool = False, quarantine: bool = False, fore
                     path.unlink(missing_ok=True)
             else:
                 live.append(path)
-    corrupt = [c.path for c in Scanner(root).scan().corrupt]
+    cat = Scanner(root).scan()
+    corrupt = [c.path for c in cat.corrupt]
+    damaged: list[ShardCheck] = []
+    unverified: list[Path] = []
+    checked = 0
+    if check:
+        stats = sorted(stats_dir(root).rglob("*.h5")) if stats_dir(root).is_dir() else []
+        for path in [s.path for s in cat.shards] + [p for p in stats if not p.name.startswith(".")]:
+            result = verify_shard(path)
+            checked += 1
+            if result.damaged:
+                damaged.append(result)
+            elif result.unverified:
+                unverified.append(path)
     moved = []
     if quarantine and not dry_run:
-        for path in corrupt:
+        for path in corrupt + [d.path for d in damaged]:
             dest = quarantine_dir(root) / path.relative_to(root)
             dest.parent.mkdir(parents=True, exist_ok=True)
             shutil.move(str(path), str(dest))
             moved.append(dest)
-    return GcReport(tuple(removed), tuple(live), tuple(corrupt), tuple(moved))
+    return GcReport(tuple(removed), tuple(live), tuple(corrupt), tuple(moved), checked, tuple(damaged),
+                    tuple(unverified))

@@ -8,6 +8,8 @@
       experiments/<experiment>/runs/<run>/.shard-000001.h5.<host>.<pid>.<rand>.tmp   in flight
       stats/<site>/<digest>.h5                         second-moment statistics (see stats.py)
       quarantine/...                                   corrupt files moved aside by `cache gc`
+      work/<name>/...                                  scratch folders of commands (e.g. the spoken
+                                                       benchmark `organism eval` synthesises)
 
 Root resolution: explicit argument > environment variable ``LALM_INTERP_CACHE`` > ``./cache``.
 """
@@ -67,3 +69,9 @@ def stats_dir(root: Path) -> Path:
 
 def quarantine_dir(root: Path) -> Path:
     return root / "quarantine"
+
+
+def work_dir(name: str, root: "str | os.PathLike[str] | None" = None) -> Path:
+    """A reusable scratch folder of a command, under the cache root: ``<root>/work/<name>`` (root
+    resolved as in :func:`resolve_root`), so commands never litter the current folder."""
+    return resolve_root(root) / "work" / check_name("work folder", name)

@@ -79,6 +79,17 @@ class Provenance:
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
 
+    @classmethod
+    def for_model(cls, model: Any, **fields: Any) -> "Provenance":
+        """Provenance of activations from ``model``: ``model``, ``revision`` and ``weights_hash`` from
+        the identity :func:`lalm_interp.loading.load` attached to it (``loading.identity``), then
+        ``fields`` (explicit values win; empty ones do not erase the identity)."""
+        from ..loading import identity
+
+        base = identity(model).provenance()
+        base.update({k: v for k, v in fields.items() if v not in (None, "")})
+        return cls(**base)
+
     @property
     def fingerprint(self) -> str:
         """``model@revision#weights_hash`` (the parts that are known): the model identity."""

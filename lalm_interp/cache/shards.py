@@ -14,11 +14,20 @@ File layout (netCDF-4 via ``h5netcdf``, so plain ``xarray`` and plain ``h5py`` b
         valid        (example, position)    int8 + attr dtype="bool"
         activation   (example, position, hidden)  float16|float32, attrs: site, original_dtype
 
+Integrity: every numeric dataset is written chunked with HDF5's fletcher32 checksum filter, which
+HDF5 verifies on every read (a flipped byte makes the read fail instead of returning wrong numbers;
+we turn that failure into a :class:`CacheError` naming the shard and dataset). Variable-length string
+datasets cannot carry HDF5 filters, so they hold a ``sha256`` attribute of their content, checked
+when coordinates are read. The root attribute ``checksums`` says which scheme a shard uses; shards
+written before checksums existed have none and still read (unverified). ``verify_shard`` reads every
+dataset of a shard (``lalm-interp cache gc --check``).
+
 Open one key with ``xr.open_dataset(path, engine="h5netcdf", group="text.layers.5.mlp")``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -45,6 +54,21 @@ VALUE = "activation"
 COORD_NAMES = ("token", "word", "time_s", "is_subject", "valid")
 BOOL_COORDS = ("is_subject", "valid")
 STR_COORDS = ("token", "word")
+CHECKSUMS = "fletcher32+sha256"
+"""Root attribute ``checksums`` of shards written with integrity checks (absent on older shards)."""
+SHA_ATTR = "sha256"
+"""Attribute of a variable-length string dataset: sha256 of its content (see :func:`strings_digest`)."""
+FIX_DAMAGED = (
+    "Fix: run `lalm-interp cache gc --check` to list every damaged shard, `lalm-interp cache gc --check "
+    "--quarantine` to move them to <cache>/quarantine/, then re-run the writer (e.g. the same `trace run`), "
+    "which recomputes the missing shards."
+)
+
+
+def strings_digest(values: Any) -> str:
+    """sha256 (hex) of a string array's content: the canonical JSON of its nested list."""
+    data = np.asarray(values, dtype=object).tolist()
+    return hashlib.sha256(json.dumps(data, ensure_ascii=False).encode("utf-8")).hexdigest()
 
 
 def shard_name(index: int) -> str:
@@ -115,6 +139,31 @@ def _bad_file(path: Path, err: Exception) -> CacheError:
         "`lalm-interp cache gc --quarantine` to move it aside, then re-run the writer, which "
         "rewrites the missing shard."
     )
+
+
+def _stored_digest(var: Any) -> str:
+    """Digest of a string variable as HDF5 stored it (read back, so what readers see is what is hashed)."""
+    return strings_digest(np.asarray(var._h5ds.asstr()[...], dtype=object))
+
+
+def damaged(path: Path, dataset: str, detail: str) -> CacheError:
+    """The error for a dataset whose checksum does not match its bytes."""
+    return CacheError(
+        f"shard {path}: dataset '{dataset}' failed its checksum ({detail}); the file's bytes changed after "
+        "it was written (disk fault, partial copy, manual edit), so its values cannot be trusted and were "
+        f"not returned. Expected every dataset to match the checksum written with it. {FIX_DAMAGED}"
+    )
+
+
+def _read_failed(path: Path, ds: "h5py.Dataset | None", name: str, err: Exception) -> CacheError:
+    """A failed dataset read: a checksum mismatch when the dataset has fletcher32, else damage."""
+    try:
+        checked = ds is not None and bool(ds.fletcher32)
+    except Exception:  # pragma: no cover - a handle too broken to ask
+        checked = False
+    if checked and isinstance(err, OSError):
+        return damaged(path, name, f"HDF5 fletcher32 mismatch: {err}")
+    return _bad_file(path, err)
 
 
 def read_header(path: Path) -> ShardInfo:
@@ -206,6 +255,7 @@ def write_shard(
             for site, arr, original, coords in prepared:
                 schema[site] = _write_key(f, site, arr, original, coords, examples, chunk_examples).to_dict()
             f.attrs["lalm_interp_format"] = FORMAT_VERSION
+            f.attrs["checksums"] = CHECKSUMS
             f.attrs["experiment"] = experiment
             f.attrs["run"] = run
             f.attrs["shard"] = int(index)
@@ -237,24 +287,26 @@ def _write_key(
     g.dimensions = dict(zip(dims, arr.shape))
     ex = g.create_variable("example", ("example",), dtype=h5py.string_dtype())
     ex[:] = np.array(examples, dtype=object)
+    ex.attrs[SHA_ATTR] = _stored_digest(ex)
     if arr.ndim == 3:
-        pos = g.create_variable("position", ("position",), dtype="int64")
+        pos = g.create_variable("position", ("position",), dtype="int64", fletcher32=True)
         pos[:] = np.arange(arr.shape[1])
     for name, value in coords.items():
         cdims = ("position",) if value.ndim == 1 else ("example", "position")
-        if name in STR_COORDS:
+        if name in STR_COORDS:  # HDF5 cannot filter variable-length strings: a content digest instead
             v = g.create_variable(name, cdims, dtype=h5py.string_dtype())
             v[:] = value
+            v.attrs[SHA_ATTR] = _stored_digest(v)
         elif name in BOOL_COORDS:
-            v = g.create_variable(name, cdims, dtype="int8")
+            v = g.create_variable(name, cdims, dtype="int8", fletcher32=True)
             v[:] = value.astype(np.int8)
             v.attrs["dtype"] = "bool"  # xarray's convention: decoded back to bool
         else:
-            v = g.create_variable(name, cdims, dtype="float64")
+            v = g.create_variable(name, cdims, dtype="float64", fletcher32=True)
             v[:] = value
             v.attrs["units"] = "s"
     chunks = (max(1, min(int(chunk_examples), n)), *arr.shape[1:])
-    v = g.create_variable(VALUE, dims, dtype=arr.dtype, chunks=chunks)
+    v = g.create_variable(VALUE, dims, dtype=arr.dtype, chunks=chunks, fletcher32=True)
     v[...] = arr
     v.attrs["site"] = site
     v.attrs["original_dtype"] = original
@@ -341,11 +393,13 @@ class LazyActivation:
         self.counter = counter
 
     def __getitem__(self, key: Any) -> np.ndarray:
+        ds = None
         try:
             with HANDLES.lock:
-                out = HANDLES.get(self.path)[self.site][VALUE][key]
+                ds = HANDLES.get(self.path)[self.site][VALUE]
+                out = ds[key]
         except (OSError, KeyError, RuntimeError) as err:
-            raise _bad_file(self.path, err) from err
+            raise _read_failed(self.path, ds, f"{self.site}/{VALUE}", err) from err
         if self.counter is not None:
             self.counter.add(out.nbytes)
         return out
@@ -354,17 +408,20 @@ class LazyActivation:
 def read_coords(path: Path, site: str) -> dict[str, np.ndarray]:
     """Eagerly read a key's coordinates (small): ``example`` ids and per-position coordinates,
     per-position ones always as ``(example, position)`` arrays."""
+    ds = None
+    name = "example"
     try:
         with HANDLES.lock:
             g = HANDLES.get(path)[site]
-            out: dict[str, np.ndarray] = {"example": np.asarray(g["example"].asstr()[...], dtype=object)}
+            ds = g["example"]
+            out: dict[str, np.ndarray] = {"example": _read_strings(path, ds, f"{site}/example")}
             n = out["example"].shape[0]
             for name in COORD_NAMES:
                 if name not in g:
                     continue
                 ds = g[name]
                 if name in STR_COORDS:
-                    val = np.asarray(ds.asstr()[...], dtype=object)
+                    val = _read_strings(path, ds, f"{site}/{name}")
                 elif name in BOOL_COORDS:
                     val = ds[...].astype(bool)
                 else:
@@ -373,5 +430,78 @@ def read_coords(path: Path, site: str) -> dict[str, np.ndarray]:
                     val = np.broadcast_to(val, (n, val.shape[0])).copy()
                 out[name] = val
     except (OSError, KeyError, RuntimeError) as err:
-        raise _bad_file(path, err) from err
+        raise _read_failed(path, ds, f"{site}/{name}", err) from err
     return out
+
+
+def _read_strings(path: Path, ds: "h5py.Dataset", name: str) -> np.ndarray:
+    """A string dataset's values, checked against its ``sha256`` attribute when it has one."""
+    try:
+        val = np.asarray(ds.asstr()[...], dtype=object)
+    except UnicodeDecodeError as err:
+        raise damaged(path, name, f"its strings are not valid UTF-8: {err}") from err
+    want = ds.attrs.get(SHA_ATTR)
+    if want is not None and strings_digest(val) != _s(want):
+        raise damaged(path, name, "sha256 of the strings does not match")
+    return val
+
+
+@dataclass(frozen=True)
+class ShardCheck:
+    """What :func:`verify_shard` found in one file: ``damaged`` lists ``(dataset, message)`` pairs
+    that failed to read or to match their checksum; ``unverified`` lists datasets holding data
+    without any checksum (shards written before checksums existed); ``n_datasets`` were read."""
+
+    path: Path
+    damaged: tuple[tuple[str, str], ...] = ()
+    unverified: tuple[str, ...] = ()
+    n_datasets: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.damaged
+
+
+def verify_shard(path: Path) -> ShardCheck:
+    """Read every dataset of an HDF5 file written by the cache (a shard or a statistics file) in
+    full, chunk by chunk, so HDF5 verifies every fletcher32 checksum; compare string datasets with
+    their ``sha256`` attribute. Never raises for damage: it is reported in the :class:`ShardCheck`."""
+    path = Path(path)
+    bad: list[tuple[str, str]] = []
+    unverified: list[str] = []
+    names: list[str] = []
+    try:
+        f = h5py.File(path, "r")
+    except (OSError, RuntimeError, ValueError) as err:
+        return ShardCheck(path, (("/", str(_bad_file(path, err))),))
+    with f:
+        try:
+            f.visititems(lambda name, obj: names.append(name) if isinstance(obj, h5py.Dataset) else None)
+        except (OSError, RuntimeError, ValueError) as err:
+            bad.append(("/", str(_bad_file(path, err))))
+        for name in names:
+            try:
+                ds = f[name]
+                if "not a netCDF variable" in _s(ds.attrs.get("NAME", b"")):
+                    continue  # h5netcdf's placeholder for a dimension without a coordinate: no data
+                if ds.dtype.kind == "O" or h5py.check_string_dtype(ds.dtype) is not None:
+                    if ds.size:
+                        _read_strings(path, ds, name)
+                        if SHA_ATTR not in ds.attrs:
+                            unverified.append(name)
+                    continue
+                if ds.size == 0 or ds.shape is None:
+                    continue
+                if ds.chunks is not None:
+                    for sel in ds.iter_chunks():
+                        ds[sel]
+                else:
+                    ds[()]
+                if not ds.fletcher32 and ds.shape != ():
+                    unverified.append(name)
+            except CacheError as err:
+                bad.append((name, str(err)))
+            except (OSError, KeyError, RuntimeError, ValueError, TypeError) as err:
+                ds_obj = f.get(name) if name else None
+                bad.append((name, str(_read_failed(path, ds_obj if isinstance(ds_obj, h5py.Dataset) else None, name, err))))
+    return ShardCheck(path, tuple(bad), tuple(unverified), len(names))

@@ -153,8 +153,8 @@ class SecondMoment:
                 f.dimensions = {"hidden": self.dim, "hidden_t": self.dim}
                 c = f.create_variable("count", (), dtype="int64")
                 c[...] = self.count
-                f.create_variable("mean", ("hidden",), data=self._mean)
-                f.create_variable("centred_scatter", ("hidden", "hidden_t"), data=self._m2)
+                f.create_variable("mean", ("hidden",), data=self._mean, fletcher32=True)
+                f.create_variable("centred_scatter", ("hidden", "hidden_t"), data=self._m2, fletcher32=True)
                 for k, v in (attrs or {}).items():
                     f.attrs[k] = v
                 f.attrs["lalm_interp_stats"] = 1
@@ -171,7 +171,21 @@ class SecondMoment:
                 mean = f["mean"][...].astype(np.float64)
                 m2 = f["centred_scatter"][...].astype(np.float64)
                 count = int(f["count"][()])
-        except (OSError, KeyError, RuntimeError, ValueError) as err:
+        except OSError as err:
+            from .shards import verify_shard
+
+            check = verify_shard(Path(path))
+            if check.damaged and "checksum" in check.damaged[0][1]:
+                raise CacheError(
+                    f"statistics file {path}: dataset '{check.damaged[0][0]}' failed its checksum; the file "
+                    "changed after it was written, so it was not used. Expected a complete stats file. Delete "
+                    "it (or `lalm-interp cache gc --check --quarantine`) and it is recomputed on next use."
+                ) from err
+            raise CacheError(
+                f"statistics file {path} cannot be read ({type(err).__name__}: {err}). Expected a "
+                "complete stats file. Delete it (or `lalm-interp cache gc --quarantine`) to recompute."
+            ) from err
+        except (KeyError, RuntimeError, ValueError) as err:
             raise CacheError(
                 f"statistics file {path} cannot be read ({type(err).__name__}: {err}). Expected a "
                 "complete stats file. Delete it (or `lalm-interp cache gc --quarantine`) to recompute."

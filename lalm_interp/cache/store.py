@@ -173,7 +173,9 @@ class Store:
         return list_stats(stats_dir(self.root))
 
     # ------------------------------------------------------------------ maintenance
-    def gc(self, *, dry_run: bool = False, quarantine: bool = False) -> GcReport:
-        """Remove orphaned temp files; report (optionally move aside) corrupt shards."""
-        return collect(self.root, dry_run=dry_run, quarantine=quarantine)
+    def gc(self, *, dry_run: bool = False, quarantine: bool = False, check: bool = False) -> GcReport:
+        """Remove orphaned temp files; report (optionally move aside) corrupt shards. ``check``:
+        also read every dataset of every shard and statistics file, verifying checksums, and report
+        (with ``quarantine``: move aside) damaged ones."""
+        return collect(self.root, dry_run=dry_run, quarantine=quarantine, check=check)
 

@@ -38,8 +38,13 @@ def register(subparsers: "argparse._SubParsersAction") -> None:
     show.add_argument("key", help="a site or site pattern, e.g. text.layers.5:15.mlp")
     show.set_defaults(func=_show)
 
-    gc = sub.add_parser("gc", help="remove orphaned temp files; report corrupt shards")
+    gc = sub.add_parser("gc", help="remove orphaned temp files; report corrupt shards",
+                        description="Remove orphaned temp files and report corrupt shards. --check also reads "
+                        "every dataset of every shard and statistics file, verifying checksums, and exits 1 "
+                        "when any is damaged. Example: lalm-interp cache gc --check --quarantine")
     common(gc)
+    gc.add_argument("--check", action="store_true",
+                    help="read every dataset of every shard, verify checksums, report damage (exit 1 if any)")
     gc.add_argument("--dry-run", action="store_true", help="only say what would be removed")
     gc.add_argument("--quarantine", action="store_true", help="move corrupt shards to <cache>/quarantine/")
     gc.set_defaults(func=_gc)
@@ -93,7 +98,7 @@ def _show(args: argparse.Namespace) -> int:
 
 def _gc(args: argparse.Namespace) -> int:
     store = Store(args.cache)
-    report = store.gc(dry_run=args.dry_run, quarantine=args.quarantine)
+    report = store.gc(dry_run=args.dry_run, quarantine=args.quarantine, check=args.check)
     verb = "would remove" if args.dry_run else "removed"
     for p in report.removed:
         print(f"{verb} {p}")
@@ -103,7 +108,19 @@ def _gc(args: argparse.Namespace) -> int:
         if report.quarantined or args.quarantine and not args.dry_run:
             continue
         print(f"corrupt (kept; use --quarantine to move aside) {p}")
+    for d in report.damaged:
+        for name, msg in d.damaged:
+            why = "failed its checksum" if "checksum" in msg else "cannot be read"
+            print(f"damaged {d.path}: dataset '{name}' {why}")
+        if not (report.quarantined or args.quarantine and not args.dry_run):
+            print(f"  (kept; use --check --quarantine to move it aside, then re-run the writer to recompute it)")
     for p in report.quarantined:
         print(f"quarantined {p}")
-    print(f"{len(report.removed)} temp file(s) {verb}, {len(report.corrupt)} corrupt shard(s)")
+    summary = f"{len(report.removed)} temp file(s) {verb}, {len(report.corrupt)} corrupt shard(s)"
+    if args.check:
+        summary += (f"; checked {report.checked} file(s): {len(report.damaged)} damaged, "
+                    f"{len(report.unverified)} without checksums (written before checksums; readable, unverified)")
+    print(summary)
+    if args.check and (report.damaged or report.corrupt):
+        return 1
     return 0

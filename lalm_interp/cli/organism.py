@@ -32,7 +32,12 @@ def run_train(args) -> int:
 def run_eval(args) -> int:
     from lalm_interp.organism.pipeline import dumps, evaluate_checkpoint
 
-    out = evaluate_checkpoint(args.model, work=args.work, subset_only=args.subset, progress=False)
+    work = args.work
+    if work is None:
+        from lalm_interp.cache.layout import work_dir
+
+        work = work_dir("organism", args.cache)
+    out = evaluate_checkpoint(args.model, work=work, subset_only=args.subset, progress=False)
     print(dumps(out))
     sys.stdout.flush()
     return 0
@@ -53,7 +58,10 @@ def register(sub) -> None:
     e = osub.add_parser("eval", help="top-1 accuracy (training renditions, held-out voices, paraphrases, "
                                      "neighbourhood) and the subject-corruption effect, as JSON")
     e.add_argument("--model", default="organism", help="'organism' (shipped) or a checkpoint folder")
-    e.add_argument("--work", default="organism-work", help="folder for the synthesised benchmark (reused)")
+    e.add_argument("--work", default=None,
+                   help="folder for the synthesised benchmark, reused across runs (default: <cache root>/work/organism, "
+                        "cache root = --cache, $LALM_INTERP_CACHE or ./cache)")
+    e.add_argument("--cache", default=None, metavar="DIR", help="cache root whose work/ folder holds the benchmark")
     e.add_argument("--subset", action="store_true", help="only the manifest's small fixed subset (fast)")
     e.set_defaults(func=run_eval)
     p.set_defaults(func=lambda args: (p.print_help(), 0)[1])

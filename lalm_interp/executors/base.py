@@ -65,20 +65,25 @@ class Executor(Protocol):
 
 def load_state(model: str, device: str = "auto", dtype: str | None = None) -> tuple[Any, Any, Any]:
     """``(model, processor, adapter)`` for a model *spec* (never pickled weights): ``tiny-random``,
-    ``organism``, a checkpoint folder or a hub id (see ``lalm_interp.cli.trace.load_model``).
-    ``device="auto"``: CUDA when this worker sees a GPU, else CPU."""
+    ``organism``, a checkpoint folder or a hub id, resolved by :func:`lalm_interp.loading.load`
+    (the one place names become models). ``device="auto"``: CUDA when this worker sees a GPU, else CPU."""
     import torch
 
-    from ..cli.trace import load_model
+    from ..loading import load
 
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    if model == "tiny-random" or (device == "cpu" and dtype is None):
-        m, processor, adapter = load_model(model)
-        return m.to(device), processor, adapter
-    import lalm_interp
+    return tuple(load(model, device=device, dtype=dtype))  # type: ignore[return-value]
 
-    return tuple(lalm_interp.load(model, device=device, dtype=dtype))  # type: ignore[return-value]
+
+def check_model_spec(model: str | None) -> None:
+    """Check a worker model spec on the driver before any worker starts, so an empty or unknown name
+    fails at once (:class:`~lalm_interp.errors.LoadError` with the valid names and the closest one).
+    Folders and hub ids are left to the workers, which may see files the driver does not."""
+    if model is not None:
+        from ..loading import check_name
+
+        check_name(model)
 
 
 class LocalExecutor:
@@ -145,6 +150,7 @@ def make_executor(kind: str = "local", *, model: str | None = None, workers: int
     if kind == "ray":
         if model is None:
             raise ExecutorError("the Ray executor needs a model spec (a --model name/path) for its workers to load.")
+        check_model_spec(model)
         from .ray_executor import RayExecutor
 
         return RayExecutor(model, workers=workers, address=address, **kwargs)

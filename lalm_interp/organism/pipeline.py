@@ -45,7 +45,8 @@ def full_metrics(model, processor, adapter, sel, facts, recipe: Recipe, *, n_cor
 
 def train_and_export(out: str | Path, recipe: Recipe = Recipe(), *, work: str | Path | None = None,
                      minutes: float | None = None, progress: bool = True) -> dict[str, Any]:
-    """Train the organism, evaluate it, and write checkpoint + manifest to ``out``."""
+    """Train the organism, evaluate it, and write checkpoint + manifest to ``out``. ``work``: folder
+    for the synthesised spoken benchmark and cached features (default: ``OUT-work`` next to ``out``)."""
     out = Path(out)
     work = Path(work) if work is not None else out.parent / (out.name + "-work")
     t0 = time.time()
@@ -124,17 +125,27 @@ def subset_expectations(model, processor, adapter, subset, work, recipe: Recipe)
     return {"correct": s.correct, "p_true": [round(p, 5) for p in s.p_true]}
 
 
-def evaluate_checkpoint(model_ref: str = "organism", *, work: str | Path = "organism-work", subset_only: bool = False,
+def default_work() -> Path:
+    """Where ``organism eval`` keeps its synthesised benchmark unless told otherwise:
+    ``<cache root>/work/organism`` (cache root: ``$LALM_INTERP_CACHE`` or ``./cache``)."""
+    from ..cache.layout import work_dir
+
+    return work_dir("organism")
+
+
+def evaluate_checkpoint(model_ref: str = "organism", *, work: str | Path | None = None, subset_only: bool = False,
                         progress: bool = False) -> dict[str, Any]:
-    """Metrics of a saved organism (``"organism"`` or a checkpoint folder), from its manifest's recipe."""
+    """Metrics of a saved organism (``"organism"`` or a checkpoint folder), from its manifest's recipe.
+    ``work``: folder for the synthesised benchmark, reused across calls (default :func:`default_work`)."""
     from ..loading import load, resolve
 
+    work = Path(work) if work is not None else default_work()
     path, _ = resolve(model_ref)
     manifest = E.read_manifest(path)
     recipe = E.recipe_of(path)
     torch.set_num_threads(recipe.threads)
     model, processor, adapter = load(model_ref)
-    out: dict[str, Any] = {"model": str(path)}
+    out: dict[str, Any] = {"model": str(path), "work": str(work)}
     if manifest.get("eval_subset"):
         items = subset_items(manifest["eval_subset"], Path(work) / "subset", recipe)
         s = first_token_scores(model, processor, adapter, items, instruction=recipe.instruction)
