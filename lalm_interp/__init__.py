@@ -3,6 +3,7 @@
 __version__ = "0.1.0"
 
 from .sites import Site, parse as parse_site  # noqa: E402
+from .speech.audio import load_audio  # noqa: E402
 
 
 def load(name_or_path, **kwargs):
@@ -12,4 +13,4 @@ def load(name_or_path, **kwargs):
     return _load(name_or_path, **kwargs)
 
 
-__all__ = ["Site", "parse_site", "load", "__version__"]
+__all__ = ["Site", "parse_site", "load", "load_audio", "__version__"]

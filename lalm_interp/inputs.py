@@ -1,6 +1,7 @@
 """Spoken-prompt inputs: audio + a fixed text instruction → model inputs, with every position known.
 
-:func:`build_inputs` checks the audio (16 kHz mono float, non-empty, within the encoder window),
+:func:`build_inputs` checks the audio (mono float, finite, non-empty, within the encoder window),
+resamples it from the stated ``sample_rate`` (default 16 kHz) to the model's rate,
 renders the prompt through the processor's chat template (or the plain base-model format), lets
 the real processor expand the audio placeholder to the right number of audio ids, left-pads the
 text and adds position ids. The returned :class:`PromptBatch` records, per example, where the audio
@@ -99,21 +100,28 @@ def place(inputs: "PromptBatch | dict[str, torch.Tensor]", model: torch.nn.Modul
     return _moved(inputs, device, dtype)
 
 
+MODEL_RATE_DEFAULT = 16000
+"""The rate a bare array is taken at when no ``sample_rate`` is given: 16 kHz (the rate of
+benchmark clips, the toolkit's TTS and every shipped adapter). The one default; pass
+``sample_rate=`` for anything else and the clip is resampled to the model's rate."""
+
+
 def check_audio(audio: Any, sample_rate: int, adapter: Adapter, *, name: str = "audio") -> np.ndarray:
-    """Validate one clip and return it as a 1-D float32 array. Raises :class:`AudioInputError`."""
+    """Validate one clip given at ``sample_rate`` Hz and return it as 1-D float32 at the model's
+    rate (resampled with :func:`lalm_interp.speech.audio.resample` when the rates differ).
+    Raises :class:`AudioInputError`."""
+    from .speech.audio import _rate, check_samples, resample
+
     chain = adapter.rate_chain
-    if sample_rate != chain.sample_rate:
-        raise AudioInputError(
-            f"{name}: sample rate {sample_rate} Hz, but {adapter.name} expects {chain.sample_rate} Hz. "
-            f"Resample first, e.g. scipy.signal.resample_poly(x, {chain.sample_rate}, {sample_rate})."
-        )
+    sample_rate = _rate(sample_rate, f"{name}: sample_rate")
     x = audio.detach().cpu().numpy() if isinstance(audio, torch.Tensor) else np.asarray(audio)
     if x.ndim == 2 and 1 in x.shape:
         x = x.reshape(-1)
     if x.ndim != 1:
         raise AudioInputError(
             f"{name}: audio of shape {tuple(x.shape)} is not mono; expected a 1-D array of samples. "
-            "Mix down first, e.g. x.mean(axis=channel_axis)."
+            "Mix down first, e.g. x.mean(axis=channel_axis), or read files with "
+            "lalm_interp.load_audio (it mixes down)."
         )
     if x.size == 0:
         raise AudioInputError(f"{name}: audio is empty; expected at least one mel hop ({chain.hop} samples).")
@@ -122,18 +130,44 @@ def check_audio(audio: Any, sample_rate: int, adapter: Adapter, *, name: str = "
             f"{name}: audio dtype {x.dtype} is not floating point; expected float samples in [-1, 1] "
             "(divide int16 PCM by 32768)."
         )
-    if not np.isfinite(x).all():
-        raise AudioInputError(f"{name}: audio contains NaN or infinite samples.")
+    check_samples(x, sample_rate, name=name)
+    x = resample(x, sample_rate, chain.sample_rate)
     if chain.mel_frames(x.size) < 1:
-        raise AudioInputError(f"{name}: {x.size} samples is shorter than one mel hop ({chain.hop} samples).")
+        raise AudioInputError(
+            f"{name}: {x.size} samples at {chain.sample_rate} Hz is shorter than one mel hop "
+            f"({chain.hop} samples = {chain.hop / chain.sample_rate * 1000:.0f} ms)."
+        )
     window = window_samples(adapter)
     if x.size > window:
         raise AudioInputError(
-            f"{name}: {x.size / chain.sample_rate:.2f} s of audio is longer than the encoder window of "
+            f"{name}: the clip is {x.size / chain.sample_rate:.2f} s long ({x.size} samples at "
+            f"{chain.sample_rate} Hz), longer than the encoder window of "
             f"{window / chain.sample_rate:.2f} s ({adapter.name} would silently truncate it). "
-            "Cut the clip, or use a model/processor with a longer window."
+            "Cut the clip, leave it out (`bench build --max-seconds`), or use a model/processor "
+            "with a longer window."
         )
     return x.astype(np.float32, copy=False)
+
+
+def check_words(words: Sequence[Any], n_samples: int, sample_rate: int, *, name: str = "audio",
+                tol_s: float = 0.02) -> None:
+    """Raise :class:`AudioInputError` unless every timed word ``(text, start_s, end_s)`` lies
+    inside the clip of ``n_samples`` at ``sample_rate`` (within ``tol_s``) with start <= end.
+    The message names the word, its times and the clip length."""
+    dur = n_samples / sample_rate
+    for i, w in enumerate(words):
+        text, s, e = w[0], w[1], w[2]
+        if s is None or e is None:
+            continue
+        if not (np.isfinite(s) and np.isfinite(e)) or s < -tol_s or e < s:
+            raise AudioInputError(
+                f"{name}: word {i} {text!r} has times {s:.3f}–{e:.3f} s; expected finite 0 <= start <= end. "
+                "Correct the word timings (seconds, not ms or samples).")
+        if e > dur + tol_s:
+            raise AudioInputError(
+                f"{name}: word {i} {text!r} ends at {e:.3f} s, after the clip ends ({dur:.3f} s: "
+                f"{n_samples} samples at {sample_rate} Hz). Check that the timings belong to this "
+                "clip, are in seconds, and that sample_rate is the clip's real rate.")
 
 
 def window_samples(adapter: Adapter) -> int:
@@ -151,18 +185,29 @@ def build_inputs(
     adapter: Adapter,
     audios: Sequence[Any],
     *,
-    sample_rate: int = 16000,
+    sample_rate: int | Sequence[int] = MODEL_RATE_DEFAULT,
     instruction: str | Sequence[str] = DEFAULT_INSTRUCTION,
     style: str | None = None,
     names: Sequence[str] | None = None,
 ) -> PromptBatch:
-    """Build a :class:`PromptBatch` for spoken prompts ``audios`` (one clip each)."""
+    """Build a :class:`PromptBatch` for spoken prompts ``audios`` (one clip each).
+
+    sample_rate: the rate of the clips in Hz — one for all, or one per clip. Default 16000
+        (:data:`MODEL_RATE_DEFAULT`: benchmark clips, the toolkit's TTS and :func:`load_audio`'s
+        default are 16 kHz). Clips at another rate are resampled to the model's rate; say the
+        real rate, since a 44.1 kHz array passed as 16 kHz plays 2.76 x too slow.
+    """
     if len(audios) == 0:
         raise AudioInputError("no audio clips given; build_inputs needs at least one.")
     if adapter.processor is None:
         adapter.processor = processor
     names = list(names) if names is not None else [f"audio[{i}]" for i in range(len(audios))]
-    clips = [check_audio(a, sample_rate, adapter, name=n) for a, n in zip(audios, names)]
+    rates = list(sample_rate) if isinstance(sample_rate, (list, tuple)) else [sample_rate] * len(audios)
+    if len(rates) != len(audios):
+        raise AudioInputError(f"{len(rates)} sample rates for {len(audios)} clips; give one rate, "
+                              "or one per clip.")
+    clips = [check_audio(a, r, adapter, name=n) for a, r, n in zip(audios, rates, names)]
+    sample_rate = adapter.rate_chain.sample_rate  # every clip is at the model's rate now
     if style is None:
         style = "chat" if getattr(processor, "chat_template", None) else "plain"
     instructions = [instruction] * len(clips) if isinstance(instruction, str) else list(instruction)

@@ -22,7 +22,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from .errors import ScoringError
-from .inputs import DEFAULT_INSTRUCTION, build_inputs
+from .inputs import DEFAULT_INSTRUCTION, MODEL_RATE_DEFAULT, build_inputs
 from .scoring import next_token_logprobs, object_prefix, object_token_ids
 
 
@@ -47,13 +47,19 @@ def _target(item: Any, target: str) -> str:
     return obj
 
 
+def _rate_of(item: Any) -> int:
+    return int(getattr(item, "sample_rate", MODEL_RATE_DEFAULT))
+
+
 @torch.no_grad()
 def first_token_scores(model: torch.nn.Module, processor: Any, adapter: Any, items: Sequence[Any], *,
                        instruction: str = DEFAULT_INSTRUCTION, target: str = "target_true",
                        batch_size: int = 32, keep_logprobs: bool = False,
                        forward: Callable[[Any], torch.Tensor] | None = None) -> FirstTokenScores:
     """Top-1 correctness of the object's first token for benchmark ``items`` (anything with
-    ``.audio`` and ``.target_true``), ``batch_size`` items per forward pass.
+    ``.audio`` and ``.target_true``), ``batch_size`` items per forward pass. An item's audio is at
+    its ``.sample_rate`` when it has one (a :class:`~lalm_interp.tracing.causal.SpokenPrompt`), else
+    16 kHz (benchmark items: the store's clips are 16 kHz FLAC).
 
     forward: optional ``batch → next-token log-probs`` (default :func:`next_token_logprobs`), e.g.
         to score under an intervention.
@@ -63,7 +69,8 @@ def first_token_scores(model: torch.nn.Module, processor: Any, adapter: Any, ite
     kept = []
     for i in range(0, len(items), batch_size):
         part = items[i:i + batch_size]
-        batch = build_inputs(processor, adapter, [it.audio for it in part], instruction=instruction)
+        batch = build_inputs(processor, adapter, [it.audio for it in part], sample_rate=[_rate_of(it) for it in part],
+                             instruction=instruction)
         pre = object_prefix(adapter, batch)
         ids = [object_token_ids(tok, _target(it, target), pre)[0] for it in part]
         lp = forward(batch) if forward is not None else next_token_logprobs(model, batch)

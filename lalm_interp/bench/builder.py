@@ -16,10 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
+import numpy as np
+
 from ..errors import LalmInterpError
 from ..speech.aligners import Aligner, EventAligner, check_alignment
 from ..speech.tokens import subject_token_range, whitespace_tokens
-from ..speech.tts import Rendition, TTSBackend, WordSpan, check_text, synthesize_many
+from ..speech.tts import SAMPLE_RATE, Rendition, TTSBackend, WordSpan, check_text, synthesize_many
 from .datasets import Fact
 from .errors import BenchmarkError
 from .store import (FORMAT_VERSION, FORMS, ClipStore, Item, Rejection, atomic_write_json,
@@ -53,11 +55,37 @@ class BuildReport:
     synthesised: int
     reused: int
     rejected: tuple[Rejection, ...]
+    max_seconds: float | None = None
+    too_long: int = 0
 
     def summary(self) -> str:
+        long = (f" ({self.too_long} of them longer than --max-seconds {self.max_seconds:g} s)"
+                if self.max_seconds is not None else "")
         return (f"{self.n_items} items from {self.n_facts} facts in {self.out} ({self.n_clips} "
                 f"clips: {self.synthesised} synthesised, {self.reused} reused); "
-                f"{len(self.rejected)} rejected")
+                f"{len(self.rejected)} rejected{long}")
+
+
+TOO_LONG = "too long"
+"""How a rejection reason for a clip over ``max_seconds`` starts (``rejected.jsonl``)."""
+
+
+def bad_samples(audio: np.ndarray) -> str | None:
+    """Why ``audio`` cannot be stored as a 24-bit FLAC clip without changing it, or ``None``:
+    NaN / infinite samples, or samples beyond ±1 (the store would clip them). With counts."""
+    x = np.asarray(audio)
+    finite = np.isfinite(x)
+    if not finite.all():
+        first = int(np.flatnonzero(~finite)[0])
+        return (f"the clip has {int(x.size - finite.sum())} NaN/infinite samples of {x.size} "
+                f"(first at {first / SAMPLE_RATE:.3f} s).\n  expected: finite samples\n  fix: "
+                "re-export the recording")
+    over = np.abs(x) > 1.0
+    if over.any():
+        return (f"the clip has {int(over.sum())} of {x.size} samples beyond ±1 (peak "
+                f"{float(np.abs(x).max()):.3g}); storing it would clip them.\n  expected: samples "
+                "in [-1, 1]\n  fix: normalise the recording, e.g. `sox in.wav out.wav gain -n -1`")
+    return None
 
 
 def relation_text(fact: Fact) -> str:
@@ -132,6 +160,7 @@ def build(
     source: str = "",
     progress: bool = True,
     on_clip: Callable[[int, int], None] | None = None,
+    max_seconds: float | None = None,
 ) -> BuildReport:
     """Synthesise, align and store a benchmark in ``out`` (created if needed).
 
@@ -147,7 +176,18 @@ def build(
         source: recorded in ``benchmark.json``.
         progress: show a tqdm progress bar on stderr. Default True.
         on_clip: called as ``on_clip(done, total)`` after each new clip is stored.
+        max_seconds: leave out items whose clip is longer than this many seconds (e.g. the
+            model's encoder window: 30 s for Qwen2-Audio, 3 s for the organism); each is recorded
+            in ``rejected.jsonl`` with a reason starting ``"too long"`` and counted in
+            ``BuildReport.too_long``. Default ``None``: no limit.
+
+    A clip whose samples are NaN / infinite or beyond ±1 is not stored (the FLAC store would
+    change it): its items are rejected with the count and the peak.
     """
+    if max_seconds is not None and not (isinstance(max_seconds, (int, float)) and max_seconds > 0):
+        raise BenchmarkError(f"max_seconds={max_seconds!r} is not a positive number of seconds.\n"
+                             "  expected: e.g. 3.0 (the organism's window) or 30 (Qwen2-Audio's)"
+                             "\n  fix: pass a positive number, or None for no limit")
     from tqdm import tqdm
 
     if backend is None:
@@ -197,6 +237,8 @@ def build(
                 key = missing[i]
                 if isinstance(res, Exception):
                     failed[key] = str(res)
+                elif bad_samples(res.audio) is not None:
+                    failed[key] = bad_samples(res.audio)  # type: ignore[assignment]
                 else:
                     store.put(key, res.audio, {
                         "text": res.text, "rendition": str(wanted[key][1]), "backend": version,
@@ -209,8 +251,9 @@ def build(
     finally:
         bar.close()
 
-    # 3. align each item and check its subject span
+    # 3. align each item and check its subject span (and its length)
     items: list[Item] = []
+    too_long = 0
     for s in live:
         key = keys[s.item_id]
         if key in failed:
@@ -218,6 +261,13 @@ def build(
             continue
         try:
             meta = store.meta(key)
+            dur = meta["n_samples"] / meta["sample_rate"]
+            if max_seconds is not None and dur > max_seconds:
+                reject(s, f"{TOO_LONG}: item {s.item_id!r}: the clip is {dur:.2f} s, longer than "
+                          f"--max-seconds {max_seconds:g} s.\n  expected: clips that fit the "
+                          "model's window\n  fix: raise --max-seconds, or shorten the text")
+                too_long += 1
+                continue
             events = tuple(WordSpan(w, a, b) for w, a, b in meta["words"])
             if isinstance(aligner, EventAligner):
                 words = aligner.align(s.text, None, key=s.item_id, events=events)  # type: ignore
@@ -247,12 +297,13 @@ def build(
         "format": FORMAT_VERSION, "source": source, "backend": version,
         "aligner": aligner.name, "renditions": [str(r) for r in rends], "forms": list(forms),
         "max_paraphrases": max_paraphrases, "max_neighbours": max_neighbours,
+        "max_seconds": max_seconds, "n_too_long": too_long,
         "n_facts": len(facts), "n_items": len(items), "n_rejected": len(rejected),
         "items_per_form": counts, "n_clips": len(wanted) - len(failed),
         "built": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     })
     return BuildReport(root, len(facts), len(items), len(wanted) - len(failed), synthesised,
-                       reused, tuple(rejected.values()))
+                       reused, tuple(rejected.values()), max_seconds, too_long)
 
 
 _ID = re.compile(r"^(?P<fact>[^/]+)/(?P<form>[a-z]+)/(?P<index>\d+)/(?P<rendition>.+)$")
@@ -266,3 +317,56 @@ def parse_item_id(item_id: str) -> dict[str, str]:
                              "'<fact_id>/<form>/<index>/<rendition>'\n  fix: copy the id from "
                              "items.jsonl")
     return m.groupdict()
+
+
+def import_recordings(
+    manifest: str | Path,
+    out: str | Path,
+    *,
+    words: str | Path | Aligner | None = None,
+    max_seconds: float | None = None,
+    progress: bool = True,
+) -> BuildReport:
+    """Build a benchmark folder from a user's own recordings (``lalm-interp bench import``).
+
+    Args:
+        manifest: CSV or JSONL with ``audio`` (path), ``text`` (the transcript: the prompt without
+            its object), ``subject`` (verbatim in ``text``), ``target`` (the true object) and
+            optionally ``target_new`` (an edit target) and ``words`` (inline word times). Each
+            transcript appears once.
+            See docs/usage/recordings.md.
+        out: the benchmark folder (same layout as ``bench build``; ``trace run`` / ``edit run``
+            read it).
+        words: word times from a file (CSV / JSON / TextGrid, keyed by the audio file's stem; see
+            :class:`~lalm_interp.speech.aligners.ManifestAligner`) or any
+            :class:`~lalm_interp.speech.aligners.Aligner` (e.g. WhisperX). Default: the
+            manifest's inline ``words``.
+        max_seconds: leave out (and count) clips longer than this. Default: no limit.
+
+    Each row becomes one fact (``recordings:<row>``) with one ``prompt`` item. Audio at any rate
+    and channel count is resampled to 16 kHz mono. Rows that cannot be used are listed in one
+    :class:`~lalm_interp.speech.errors.SpeechError` before anything is written; a clip whose
+    audio or word times are bad is rejected with its reason (``rejected.jsonl``), like in
+    ``bench build``.
+    """
+    from ..speech.aligners import ManifestAligner
+    from ..speech.recordings import RecordingsBackend, read_import_manifest
+    from .datasets import template_relation_id
+
+    if isinstance(words, (str, Path)):
+        aligner: Aligner | None = ManifestAligner.load(words)
+    else:
+        aligner = words
+    rows = read_import_manifest(manifest, need_words=aligner is None)
+    facts = []
+    for r in rows:
+        a, b = subject_token_range(r.text, r.subject)
+        toks = whitespace_tokens(r.text)
+        template = " ".join([t.text for t in toks[:a]] + ["{}"] + [t.text for t in toks[b + 1:]])
+        facts.append(Fact(case_id=r.row, subject=r.subject, prompt=r.text,
+                          relation_template=template, relation_id=template_relation_id(template),
+                          target_true=r.target, target_new=r.target_new, source="recordings"))
+    backend = RecordingsBackend(manifest, aligner)
+    return build(facts, out, backend=backend, renditions=[Rendition()], forms=("prompt",),
+                 workers=1, source=f"recordings:{Path(manifest).name}", progress=progress,
+                 max_seconds=max_seconds)

@@ -1,6 +1,8 @@
 """``lalm-interp bench``: build and inspect spoken knowledge benchmarks.
 
     lalm-interp bench build --source counterfact --limit 500 --renditions 3 --out DIR
+    lalm-interp bench build --source counterfact --limit 50 --max-seconds 3 --out DIR
+    lalm-interp bench import --manifest my.csv --out DIR      (your own recordings)
     lalm-interp bench show DIR
 """
 
@@ -33,7 +35,27 @@ def register(subparsers) -> None:  # noqa: ANN001
     b.add_argument("--out", required=True, help="benchmark folder")
     b.add_argument("--workers", type=int, default=2, help="synthesis processes (default 2)")
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
+    b.add_argument("--max-seconds", type=float, default=None, metavar="S",
+                   help="leave out (and count) items whose clip is longer than S seconds, e.g. 3 "
+                        "for the organism's window, 30 for Qwen2-Audio (default: no limit)")
     b.set_defaults(func=_build)
+    im = sub.add_parser(
+        "import", help="build a benchmark from your own recordings (a manifest of files)",
+        description="Build a benchmark folder from recordings listed in a CSV/JSONL manifest "
+                    "(columns audio, text, subject, target; optional target_new, words). Audio "
+                    "at any rate / channel count is resampled to 16 kHz mono. "
+                    "Docs: docs/usage/recordings.md.",
+        epilog="example: lalm-interp bench import --manifest my.csv --out bench/ "
+               "&& lalm-interp trace run --bench bench/ ...")
+    im.add_argument("--manifest", required=True, help="CSV or JSONL manifest")
+    im.add_argument("--out", required=True, help="benchmark folder to write")
+    im.add_argument("--words", default=None, metavar="FILE",
+                    help="word times (CSV word,start,end keyed by file stem / JSON / TextGrid or "
+                         "a folder of TextGrids); default: the manifest's 'words' column")
+    im.add_argument("--max-seconds", type=float, default=None, metavar="S",
+                    help="leave out (and count) clips longer than S seconds (default: no limit)")
+    im.add_argument("--no-progress", action="store_true", help="no progress bar")
+    im.set_defaults(func=_import)
     s = sub.add_parser("show", help="counts, durations and a few items of a benchmark")
     s.add_argument("dir")
     s.add_argument("-n", type=int, default=5, help="items to print (default 5)")
@@ -50,13 +72,25 @@ def _build(args: argparse.Namespace) -> int:
     report = build(facts, args.out, renditions=args.rendition or args.renditions,
                    forms=[f.strip() for f in args.forms.split(",") if f.strip()],
                    max_neighbours=args.max_neighbours, workers=args.workers, source=args.source,
-                   progress=not args.no_progress)
+                   progress=not args.no_progress, max_seconds=args.max_seconds)
+    return _report(report, args.out)
+
+
+def _report(report, out) -> int:  # noqa: ANN001
     print(report.summary())
     for r in report.rejected[:5]:
         print(f"  rejected {r.item_id}: {r.reason.splitlines()[0]}")
     if len(report.rejected) > 5:
-        print(f"  … {len(report.rejected) - 5} more in {args.out}/rejected.jsonl")
+        print(f"  … {len(report.rejected) - 5} more in {out}/rejected.jsonl")
     return 0
+
+
+def _import(args: argparse.Namespace) -> int:
+    from ..bench.builder import import_recordings
+
+    report = import_recordings(args.manifest, args.out, words=args.words,
+                               max_seconds=args.max_seconds, progress=not args.no_progress)
+    return _report(report, args.out)
 
 
 def _show(args: argparse.Namespace) -> int:

@@ -17,8 +17,9 @@ import torch
 import xarray as xr
 
 from ..adapters.base import Adapter
-from ..errors import SpanError
-from ..inputs import DEFAULT_INSTRUCTION, build_inputs
+from ..errors import AudioInputError, SpanError
+from ..inputs import DEFAULT_INSTRUCTION, MODEL_RATE_DEFAULT, build_inputs, check_words
+from ..speech.audio import _rate, check_samples, resample
 from ..scoring import object_prefix, object_token_ids, teacher_forced_inputs
 from ..sites import Site
 from ..spans import SEQ, PositionMap, Word, as_words, position_map
@@ -26,13 +27,25 @@ from ..specs import Experiment, Restore, SpecError, window_layers
 from .compile import Compiled, CorruptionPlan, Edit, Row, positions_tensor, replace_values_from
 
 
+_WORD_TOL_S = 0.02
+"""How far (s) a word's end may pass the clip's end (rounding of aligner times)."""
+
+
 @dataclass(frozen=True)
 class SpokenPrompt:
-    """One example to trace: audio (16 kHz mono), word timings, subject word range, object.
+    """One example to trace: audio, word timings, subject word range, object.
 
-    id: example id (cache key). audio: float32 samples. words: ``Word`` s or (text, start_s, end_s).
+    id: example id (cache key). audio: mono float samples at ``sample_rate`` Hz (e.g. from
+    :func:`lalm_interp.load_audio`). words: ``Word`` s or (text, start_s, end_s), seconds.
     subject: inclusive word range of the subject. target: the object whose probability is measured.
     instruction: the fixed text instruction after the audio.
+    sample_rate: the rate of ``audio`` in Hz. Default 16000 (benchmark clips, the toolkit's TTS and
+    ``load_audio`` are 16 kHz). Audio at another rate is resampled to 16 kHz when the prompt is
+    made, so afterwards ``audio`` is always 16 kHz and ``sample_rate`` is 16000.
+
+    Checked when made: the audio is mono, float, finite and non-empty
+    (:class:`~lalm_interp.errors.AudioInputError` otherwise). :meth:`check_words` (run by
+    :func:`trace_example` before anything else) checks that every timed word ends inside the clip.
     """
 
     id: str
@@ -41,6 +54,35 @@ class SpokenPrompt:
     subject: tuple[int, int]
     target: str
     instruction: str = DEFAULT_INSTRUCTION
+    sample_rate: int = MODEL_RATE_DEFAULT
+
+    def __post_init__(self) -> None:
+        name = f"example {self.id!r}"
+        x = self.audio.detach().cpu().numpy() if isinstance(self.audio, torch.Tensor) else np.asarray(self.audio)
+        if x.ndim == 2 and 1 in x.shape:
+            x = x.reshape(-1)
+        if x.ndim != 1 or x.size == 0 or not np.issubdtype(x.dtype, np.floating):
+            raise AudioInputError(
+                f"{name}: audio of shape {tuple(x.shape)} and dtype {x.dtype}; expected a non-empty "
+                "1-D float array of mono samples. Read files with lalm_interp.load_audio (mono "
+                "float32), or mix down / convert first (x.mean(axis=channel_axis), int16 / 32768).")
+        rate = _rate(self.sample_rate, f"{name}: sample_rate")
+        check_samples(x, rate, name=name)
+        object.__setattr__(self, "words", tuple(self.words))
+        if rate != MODEL_RATE_DEFAULT:
+            x = resample(x, rate, MODEL_RATE_DEFAULT)
+            object.__setattr__(self, "sample_rate", MODEL_RATE_DEFAULT)
+        object.__setattr__(self, "audio", x)
+
+    @property
+    def duration_s(self) -> float:
+        return len(self.audio) / self.sample_rate
+
+    def check_words(self) -> None:
+        """Raise :class:`~lalm_interp.errors.AudioInputError` naming the word, its end time and the
+        clip length when a timed word ends after the clip (or has start > end)."""
+        check_words(self.words, len(self.audio), self.sample_rate, name=f"example {self.id!r}",
+                    tol_s=_WORD_TOL_S)
 
     @classmethod
     def from_item(cls, item: Any, target: str | None = None, instruction: str = DEFAULT_INSTRUCTION) -> "SpokenPrompt":
@@ -52,19 +94,27 @@ class SpokenPrompt:
         if any(w[1] is None or w[2] is None for w in item.words):
             raise SpanError(f"item {item.item_id}: some words have no timing; re-align the clip.")
         words = tuple(Word(w[0], float(w[1]), float(w[2])) for w in item.words)
+        # benchmark clips are 16 kHz FLAC (lalm_interp.bench.store); an item may say otherwise
+        rate = int(getattr(item, "sample_rate", MODEL_RATE_DEFAULT))
         return cls(item.item_id, item.audio, words, tuple(item.subject_word_range),
-                   target or item.target_true, instruction)
+                   target or item.target_true, instruction, rate)
 
 
 class Prepared:
-    """A prompt made ready to trace: inputs, position map, object tokens, resolved corruption."""
+    """A prompt made ready to trace: inputs, position map, object tokens, resolved corruption.
+
+    replace_audio: the clip whose activations replace the subject's for ``Corrupt(noise='replace')``,
+    at ``replace_sample_rate`` Hz (default 16000; resampled to the model's rate otherwise)."""
 
     def __init__(self, model: torch.nn.Module, processor: Any, adapter: Adapter, ex: SpokenPrompt,
-                 exp: Experiment, replace_audio: np.ndarray | None = None):
+                 exp: Experiment, replace_audio: np.ndarray | None = None, *,
+                 replace_sample_rate: int = MODEL_RATE_DEFAULT):
         self.ex = ex
         self.exp = exp
         self.adapter = adapter
-        batch = build_inputs(processor, adapter, [ex.audio], instruction=ex.instruction, names=[ex.id])
+        ex.check_words()
+        batch = build_inputs(processor, adapter, [ex.audio], sample_rate=ex.sample_rate,
+                             instruction=ex.instruction, names=[ex.id])
         self.batch = batch
         self.pm: PositionMap = position_map(adapter, batch, 0, as_words(ex.words), ex.subject)
         tok = processor.tokenizer
@@ -82,7 +132,8 @@ class Prepared:
         if c.noise == "replace":
             if replace_audio is None:
                 raise SpecError("Corrupt(noise='replace') needs replace_audio (another clip) for each example.")
-            other = build_inputs(processor, adapter, [replace_audio], instruction=ex.instruction)
+            other = build_inputs(processor, adapter, [replace_audio], sample_rate=replace_sample_rate,
+                                 instruction=ex.instruction, names=[f"{ex.id} replace_audio"])
             repl = replace_values_from(model, adapter, site, other.model_inputs, a, b)
         self.corruption = CorruptionPlan(c, site, a, b, repl)
         self.compiled = Compiled(model, adapter, inputs, L, self.token_ids, self.corruption, memory_mb=exp.memory_mb)
@@ -163,11 +214,15 @@ def _p(lp: torch.Tensor, metric: str) -> torch.Tensor:
 
 
 def trace_example(model: torch.nn.Module, processor: Any, adapter: Adapter, ex: SpokenPrompt, exp: Experiment,
-                  *, replace_audio: np.ndarray | None = None, progress: Any = None) -> xr.Dataset:
+                  *, replace_audio: np.ndarray | None = None, replace_sample_rate: int = MODEL_RATE_DEFAULT,
+                  progress: Any = None) -> xr.Dataset:
     """Run ``exp`` on one prompt; returns a Dataset with ``p_clean``/``p_corrupt`` and one IE
-    variable per restoration family (``ie:<family>``) plus patched-run probabilities (``p:<name>``)."""
+    variable per restoration family (``ie:<family>``) plus patched-run probabilities (``p:<name>``).
+
+    The prompt's audio is at ``ex.sample_rate`` (see :class:`SpokenPrompt`); ``replace_audio`` (for
+    ``Corrupt(noise='replace')``) is at ``replace_sample_rate`` Hz (default 16000)."""
     exp.validate(adapter)
-    prep = Prepared(model, processor, adapter, ex, exp, replace_audio)
+    prep = Prepared(model, processor, adapter, ex, exp, replace_audio, replace_sample_rate=replace_sample_rate)
     base = prep.compiled.base()
     p_clean, p_corr = (float(v) for v in _p(base, exp.metric))
     data: dict[str, Any] = {}

@@ -160,7 +160,9 @@ def test_recordings_with_bad_files_are_rejected_per_item(tmp_path):
     rec = tmp_path / "rec"
     rec.mkdir()
     sf.write(str(rec / "a.wav"), np.full(16000, 0.05, np.float32), 16000)
-    sf.write(str(rec / "b.wav"), np.full(22050, 0.05, np.float32), 22050)
+    bad = np.full(22050, 0.05, np.float32)
+    bad[100:103] = np.nan  # a 22.05 kHz float WAV with NaN samples: refused (the rate alone is fine)
+    sf.write(str(rec / "b.wav"), bad, 22050, subtype="FLOAT")
     (rec / "c.flac").write_bytes(b"\x00" * 64)
     rows = [("Oslo is", "a.wav", [["Oslo", 0.1, 0.5], ["is", 0.5, 0.9]]),
             ("Rome is", "b.wav", [["Rome", 0.1, 0.5], ["is", 0.5, 0.9]]),
@@ -174,7 +176,7 @@ def test_recordings_with_bad_files_are_rejected_per_item(tmp_path):
                    renditions=[Rendition("en-us")], forms=("prompt",), progress=False)
     assert report.n_items == 1
     reasons = {r.item_id.split("/")[0]: r.reason for r in report.rejected}
-    assert "22050 Hz" in reasons["counterfact:1"] and "counterfact:1/prompt" in reasons["counterfact:1"]
+    assert "3 NaN sample(s)" in reasons["counterfact:1"] and "counterfact:1/prompt" in reasons["counterfact:1"]
     assert "Cannot read audio file" in reasons["counterfact:2"]
     (it,) = Benchmark.open(tmp_path / "out")
     assert it.n_samples == 16000 and it.subject_span_s == (0.1, 0.5)

@@ -58,7 +58,7 @@ def test_padding_invariance_of_position_ids(tiny, clip):
 @pytest.mark.parametrize(
     "audio, sr, needle",
     [
-        (np.zeros(16000, np.float32), 22050, "sample rate 22050"),
+        (np.zeros(16000, np.float32), 0, "sample_rate=0 is not a sample rate"),
         (np.zeros((2, 16000), np.float32), 16000, "not mono"),
         (np.zeros(0, np.float32), 16000, "empty"),
         (np.zeros(16000 * 5, np.float32), 16000, "longer than the encoder window"),
@@ -72,7 +72,7 @@ def test_bad_audio_is_a_clear_error(tiny, audio, sr, needle):
     with pytest.raises(AudioInputError) as e:
         build_inputs(processor, a, [audio], sample_rate=sr, names=["clip-7"])
     assert needle in str(e.value)
-    assert "clip-7" in str(e.value) or needle == "sample rate 22050"
+    assert "clip-7" in str(e.value)
     assert "docs/errors/audio-input.md" in str(e.value)
 
 
