@@ -123,7 +123,22 @@ class ClipStore:
         import soundfile as sf
 
         a_path, m_path = self.paths(key)
+        audio = np.asarray(audio, dtype=np.float32)
+        bad = int(np.count_nonzero(~np.isfinite(audio)))
+        if bad:
+            raise BenchmarkError(f"Clip {key!r} has {bad} NaN/inf sample(s); nothing was stored.\n"
+                                 "  expected: finite samples in [-1, 1]\n  fix: repair or drop the "
+                                 "recording (lalm_interp.load_audio reports where the first one is). "
+                                 "Docs: docs/errors/benchmark.md")
+        peak = float(np.abs(audio).max()) if audio.size else 0.0
+        if peak > 1.0:
+            n = int(np.count_nonzero(np.abs(audio) > 1.0))
+            raise BenchmarkError(f"Clip {key!r} has {n} sample(s) beyond ±1 (peak {peak:.3g}); "
+                                 "storing it would clip them silently, so nothing was stored.\n"
+                                 "  expected: samples in [-1, 1]\n  fix: normalise it first "
+                                 "(audio / peak). Docs: docs/errors/benchmark.md")
         buf = io.BytesIO()
+        # the clip only maps +1.0 onto the largest 24-bit code; nothing beyond ±1 reaches here
         sf.write(buf, np.clip(audio, -1.0, 1.0 - 2.0 ** -23), SAMPLE_RATE, format="FLAC",
                  subtype="PCM_24")
         atomic_write_bytes(a_path, buf.getvalue(), fsync=False)
@@ -195,6 +210,11 @@ class Item:
                                  "  expected: an item from Benchmark.open(dir)\n  fix: open the "
                                  "benchmark and index it")
         return ClipStore(self._root).audio(self.clip)
+
+    @property
+    def sample_rate(self) -> int:
+        """The rate of :attr:`audio` in Hz (benchmarks store 16 kHz clips)."""
+        return SAMPLE_RATE
 
     @property
     def duration_s(self) -> float:

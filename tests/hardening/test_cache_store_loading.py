@@ -468,3 +468,31 @@ def test_provenance_of_a_model_loaded_by_name_is_not_unknown(tmp_path, tiny_rand
     w.write(0, make_batch(0))
     with h5py.File(w.path(0), "r") as f:
         assert f.attrs["model"] == "tiny-random" and f.attrs["weights_hash"] == prov.weights_hash
+
+
+# ----------------------------------------------------------------------------- clip store writes
+@pytest.mark.parametrize("bad,what", [
+    (np.array([0.1, np.nan, 0.2], dtype=np.float32), "NaN/inf"),
+    (np.array([0.1, np.inf, -np.inf], dtype=np.float32), "NaN/inf"),
+    (np.array([0.1, 13.0, -2.0], dtype=np.float32), "beyond ±1"),
+])
+def test_clip_store_refuses_unstorable_samples(tmp_path, bad, what):
+    """ClipStore.put used to clip |x| > 1 and store inf as 1.0 silently; it now refuses and stores
+    nothing, so a benchmark never holds altered audio."""
+    from lalm_interp.bench.store import ClipStore
+
+    store = ClipStore(tmp_path)
+    with pytest.raises(BenchmarkError) as e:
+        store.put("k", bad, {"text": "x"})
+    msg = str(e.value)
+    assert what in msg and "nothing was stored" in msg and BENCH_PAGE in msg
+    assert not store.has("k")
+
+
+def test_clip_store_keeps_full_scale_audio(tmp_path):
+    from lalm_interp.bench.store import ClipStore
+
+    store = ClipStore(tmp_path)
+    x = np.array([-1.0, -0.5, 0.0, 0.5, 1.0], dtype=np.float32)
+    store.put("k", x, {"text": "x"})
+    assert np.allclose(store.audio("k"), x, atol=2 ** -22)
