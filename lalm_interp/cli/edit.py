@@ -8,7 +8,7 @@ import dataclasses
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from . import start
 
@@ -21,7 +21,8 @@ def set_hparam(hp: Any, key: str, text: str) -> Any:
     head, _, rest = key.partition(".")
     names = {f.name for f in dataclasses.fields(hp)}
     if head not in names:
-        raise EditorError(f"unknown hyper-parameter {key!r}; {type(hp).__name__} has {sorted(names)}.")
+        raise EditorError(f"unknown hyper-parameter {key!r};{closest(head, names)} {type(hp).__name__} has "
+                          f"{sorted(names)}. Docs: docs/usage/evaluation.md#sites-and-presets.")
     if rest:
         return dataclasses.replace(hp, **{head: set_hparam(getattr(hp, head), rest, text)})
     try:
@@ -56,61 +57,303 @@ def key_corpus(args: Any, bench: Any, say) -> Any:
     return KeyCorpus(f"synth:{len(utts)}:{tag}", utts)
 
 
-def make_editor(args: Any) -> Any:
-    """The editor ``--method``, ``--site`` and ``--hparam`` describe."""
-    from lalm_interp.editors import get
+def closest(name: str, valid: Any) -> str:
+    """`` Did you mean 'x'?`` for the valid name closest to ``name`` (empty when none is close)."""
+    import difflib
 
-    cls = get(args.method)
-    hp = cls.HParams()
+    m = difflib.get_close_matches(str(name), [str(v) for v in valid], n=1, cutoff=0.5)
+    return f" Did you mean {m[0]!r}?" if m else ""
+
+
+def editor_class(method: str) -> Any:
+    """The registered editor ``--method`` names (the error lists the names and the closest one)."""
+    from lalm_interp.editors import EditorError, available
+
+    eds = available()
+    if method not in eds:
+        raise EditorError(f"no editor named {method!r}.{closest(method, eds)} Registered: {sorted(eds)}. "
+                          "Add one (docs/patterns/add-an-editor.md) and register it.")
+    return eds[method]
+
+
+def make_editor(args: Any, sites: Any = None) -> Any:
+    """The editor ``--method``, ``--site`` (or ``sites``), ``--preset`` and ``--hparam`` describe.
+    ``--preset NAME`` is passed to ``lalm_interp.editors.make(..., preset=NAME)``; ``--hparam``
+    overrides are applied on top of the preset's hyper-parameters."""
+    from lalm_interp.editors import EditorError, make
+
+    cls = editor_class(args.method)
+    sites = sites if sites is not None else args.site
+    spec = sites if len(sites) > 1 else sites[0]
+    preset = getattr(args, "preset", None)
+    if preset:
+        import inspect
+
+        if "preset" not in inspect.signature(make).parameters:
+            raise EditorError(f"--preset {preset!r}: this version of lalm_interp.editors.make() has no presets; "
+                              f"drop --preset and set hyper-parameters with --hparam KEY=VALUE. "
+                              f"Docs: docs/usage/evaluation.md#sites-and-presets.")
+        editor = make(args.method, spec, preset=preset)
+        hp = editor.hparams
+    else:
+        hp = cls.HParams()
     for kv in args.hparam or []:
         k, _, v = kv.partition("=")
         hp = set_hparam(hp, k.strip(), v.strip())
-    return cls(args.site if len(args.site) > 1 else args.site[0], hp)
+    return cls(spec, hp) if not preset else _with_hparams(editor, hp)
+
+
+def _with_hparams(editor: Any, hp: Any) -> Any:
+    """``editor`` with hyper-parameters ``hp`` (an ``--hparam`` override on top of a preset),
+    validated like a fresh editor's."""
+    if hp is editor.hparams:
+        return editor
+    check = getattr(hp, "check", None)
+    if check:
+        check()
+    editor.hparams = hp
+    return editor
+
+
+# ---------------------------------------------------------------------------- default sites
+MULTI_LAYER = {"alphaedit": 3, "crossmodal-alphaedit": 3}
+"""Layers per stream that ``--site auto`` picks for multi-layer editors (the paper's Table 1: top-3
+by AIE); every other editor gets the top-1 layer."""
+TWO_STREAMS = ("crossmodal", "crossmodal-alphaedit")
+"""Editors that edit an audio and a text layer; the others edit one stream (default: audio)."""
+TWO_STREAMS_STREAMS = ("audio", "text")
+
+DEFAULT_LAYERS: dict[str, dict[str, list[int]]] = {
+    # --site auto on 32 known facts (the first 40 of the organism's list, 1 rendition), window 6:
+    # audio MLP AIE at the last subject word .089 .096 .097 .096 .022 .002 (layers 0-5),
+    # text MLP AIE at the last token .039 .048 .068 .147 .115 .089.
+    "organism": {"audio": [2, 1, 3, 0, 4, 5], "text": [3, 4, 5, 2, 1, 0]},
+}
+"""Documented default editing layers per model (``--model`` name) or adapter name, best first
+(the first is a single-layer editor's, the first three, sorted, a multi-layer editor's). The
+organism's are its ``--site auto`` choice on its own known facts (docs/usage/evaluation.md#sites-and-presets);
+an adapter without an entry (the real 7B models: the paper's layers depend on the checkpoint)
+falls back to ``--site auto`` and says so."""
+
+
+def sites_for(method: str, layers: dict[str, list[int]], streams: Sequence[str]) -> list[str]:
+    """mlp.down sites of ``method`` at the best-first ``layers`` of each of ``streams``."""
+    k = MULTI_LAYER.get(method, 1)
+    out = []
+    for st in streams:
+        chosen = sorted(layers[st][:k])
+        if k == 1:
+            out.append(f"{st}.layers.{chosen[0]}.mlp.down")
+        else:
+            out.extend(f"{st}.layers.{l}.mlp.down" for l in chosen)
+    return out
+
+
+def auto_streams(method: str, site_args: Sequence[str] | None) -> tuple[str, ...] | None:
+    """The streams whose layers are chosen automatically (``None``: the sites are explicit).
+    ``--site auto`` / no ``--site``: audio and text for the cross-modal editors, audio for the others;
+    ``--site audio.auto`` / ``--site text.auto``: that stream."""
+    from lalm_interp.editors import EditorError
+
+    if not site_args:
+        return TWO_STREAMS_STREAMS if method in TWO_STREAMS else ("audio",)
+    autos = [s for s in site_args if s in ("auto", "audio.auto", "text.auto")]
+    if not autos:
+        return None
+    if len(autos) != len(site_args):
+        raise EditorError(f"--site {' '.join(site_args)}: mix of explicit sites and 'auto'; give explicit sites "
+                          "only, or 'auto' / 'audio.auto' / 'text.auto' only. "
+                          "Docs: docs/usage/evaluation.md#sites-and-presets.")
+    if "auto" in autos:
+        return TWO_STREAMS_STREAMS if method in TWO_STREAMS else ("audio",)
+    streams = tuple(dict.fromkeys(a.split(".")[0] for a in autos))
+    if method in TWO_STREAMS and len(streams) != 2:
+        raise EditorError(f"{method} edits an audio and a text layer; --site {autos[0]} names one stream. Use "
+                          "--site auto (both). Docs: docs/usage/evaluation.md#sites-and-presets.")
+    if method not in TWO_STREAMS and len(streams) != 1:
+        raise EditorError(f"{method} edits one stream; choose --site audio.auto or --site text.auto. "
+                          "Docs: docs/usage/evaluation.md#sites-and-presets.")
+    return streams
+
+
+TWO_STREAMS_STREAMS = ("audio", "text")
+
+
+def check_site_names(site_args: Sequence[str], adapter: Any) -> None:
+    """A site that does not parse or that the adapter does not have: an error with the closest
+    valid editing site (``audio.layers.N.mlp.down`` / ``text.layers.N.mlp.down``)."""
+    from lalm_interp.editors import EditorError, normalise_site
+    from lalm_interp.errors import LalmInterpError
+
+    valid = [f"{st}.layers.{i}.mlp.down" for st in ("audio", "text") for i in range(adapter.n_layers(st))]
+    short = [v.rsplit(".mlp.down", 1)[0] for v in valid]
+    for s in site_args:
+        try:
+            adapter.expand([normalise_site(s)])
+        except LalmInterpError as err:
+            raise EditorError(f"--site {s!r}: {str(err).splitlines()[0].rstrip('.')}.{closest(s, valid + short)} "
+                              f"Editing sites of this model: audio.layers.0..{adapter.n_layers('audio') - 1}, "
+                              f"text.layers.0..{adapter.n_layers('text') - 1} (.mlp.down), or 'auto'. "
+                              "Docs: docs/usage/evaluation.md#sites-and-presets.") from err
+
+
+def auto_layers(args: Any, model: Any, processor: Any, adapter: Any, cases: list, streams: Sequence[str],
+                say) -> dict[str, list[int]]:
+    """The paper's layer choice: trace ``--auto-n`` of the edit prompts with the Table-2 selection
+    experiment (``demo.figure2_experiment``, MLP families of ``streams`` only) into
+    ``OUT/site-auto/`` (resumable), then take each stream's top-k MLP layers by AIE
+    (``tracing.select.top_layers``) at the position the editors key at (``demo_edits.SPANS``:
+    audio at the last subject word — the first with ``--word first`` — text at the last token)."""
+    import dataclasses as dc
+
+    from lalm_interp.demo import figure2_experiment
+    from lalm_interp.demo_edits import SPANS
+    from lalm_interp.tracing.run import run_experiment
+    from lalm_interp.tracing.select import top_layers
+
+    window = min(10, *(adapter.n_layers(st) for st in ("audio", "text")))
+    exp = figure2_experiment(window)
+    exp = dc.replace(exp, restores=tuple(r for r in exp.restores
+                                          if r.at.endswith(".mlp") and r.at.split(".")[0] in streams))
+    prompts = [c.request.prompt for c in cases[: args.auto_n]]
+    say(f"--site auto: tracing {len(prompts)} edit prompt(s) (window {window}) into {Path(args.out) / 'site-auto'}")
+    agg = run_experiment(model, processor, adapter, prompts, exp, Path(args.out) / "site-auto",
+                         provenance={"model": str(args.model), "purpose": "edit run --site auto"},
+                         progress=False, plots=False)
+    k = MULTI_LAYER.get(args.method, 1)
+    out = {}
+    for st in streams:
+        span = "first_subject_word" if (st == "audio" and args.word == "first") else SPANS[st]
+        out[st] = top_layers(agg, f"{st}.mlp", span, min(k, adapter.n_layers(st)))
+    return out
+
+
+def choose_sites(args: Any, model: Any, processor: Any, adapter: Any, cases: list, loaded_name: str,
+                 say, meta: dict[str, Any]) -> list[str]:
+    """``--site`` as given, or the default / ``auto`` sites (said on stderr; how they were chosen is
+    ``meta["site_choice"]``: ``explicit``, ``default`` or ``auto``)."""
+    streams = auto_streams(args.method, args.site)
+    if streams is None:
+        check_site_names(args.site, adapter)
+        meta["site_choice"] = "explicit"
+        return list(args.site)
+    table = DEFAULT_LAYERS.get(loaded_name) or DEFAULT_LAYERS.get(adapter.name)
+    if not args.site and table is not None:
+        sites = sites_for(args.method, table, streams)
+        meta["site_choice"] = "default"
+        say(f"no --site: the documented default sites of {loaded_name if loaded_name in DEFAULT_LAYERS else adapter.name} "
+            f"for {args.method}: {' '.join(sites)}")
+        return sites
+    if not args.site:
+        say(f"no --site and no documented default sites for {loaded_name!r} (adapter {adapter.name}): "
+            "choosing them as --site auto does")
+    sites = sites_for(args.method, auto_layers(args, model, processor, adapter, cases, streams, say), streams)
+    meta["site_choice"] = "auto"
+    say(f"--site auto: {' '.join(sites)} (peak MLP AIE)")
+    return sites
+
+
+def fmt(x: Any) -> str:
+    """A metric for reading: 2 decimals, '–' when missing."""
+    return "–" if x is None else f"{x:.2f}"
 
 
 def run(args) -> int:
     from lalm_interp.bench import Benchmark
     from lalm_interp.cache import Store
     from lalm_interp.editors import EditContext
-    from lalm_interp.evaluation import cases_from_benchmark, run as run_eval
+    from lalm_interp.evaluation import cases_from_benchmark
     from lalm_interp.executors import from_cli, needs_stats
 
     say = start(args)
-    editor = make_editor(args)
+    editor_class(args.method)  # a bad --method fails before anything loads
+    if args.site:
+        auto_streams(args.method, args.site)  # a bad mix of auto and explicit sites too
+    check_preset(args.method, args.preset)
     bench = Benchmark.open(args.bench)
     cases = cases_from_benchmark(bench, word=args.word, rendition=args.rendition)
     store = Store(args.cache) if args.cache else Store()
     acc = {"accumulate": True, "reset": False, None: None}[args.mode]
     meta = {"model": str(args.model), "bench": str(Path(args.bench).resolve()), "word": args.word,
-            "known_only": bool(args.known_only), "targets": args.targets}
+            "known_only": bool(args.known_only), "targets": args.targets, "preset": args.preset}
     executor = from_cli(args, str(args.model))
     if executor is not None:  # the workers load the model; the driver schedules and merges
+        if auto_streams(args.method, args.site) is not None:
+            from lalm_interp.editors import EditorError
+
+            raise EditorError("--executor ray needs explicit --site values (no --site / --site auto choose layers "
+                              "with a trace in this process): run `lalm-interp edit run --site auto` locally once "
+                              "(it prints the sites) or pass them. Docs: docs/usage/evaluation.md#sites-and-presets.")
+        editor = make_editor(args)
+        meta["site_choice"] = "explicit"
         with executor:
             res = run_on_executor(args, executor, editor, bench, cases, store, acc, meta, say)
     else:
+        from lalm_interp.executors.evaluation import evaluate_resumable
         from lalm_interp.known import first_token_scores
         from lalm_interp.loading import load
 
         loaded = load(args.model)
         model, processor, adapter = loaded
-        editor.resolve_sites(adapter)  # fail early on a bad site
+        if args.site and auto_streams(args.method, args.site) is None:
+            check_site_names(args.site, adapter)  # fail early on a bad site, with the closest valid one
+            make_editor(args).resolve_sites(adapter)
+        from lalm_interp.inputs import window_samples
+
+        cases = fitting(cases, window_samples(adapter), meta, say)
         if args.known_only:
             s = first_token_scores(model, processor, adapter, [c.request.prompt for c in cases], target="target")
             cases = [c for c, ok in zip(cases, s.correct) if ok]
         cases = select_targets(args, cases)
+        sites = choose_sites(args, model, processor, adapter, cases, str(args.model), say, meta)  # before --limit
         if args.limit:
             cases = cases[: args.limit]
+        editor = make_editor(args, sites)
+        editor.resolve_sites(adapter)
         say(f"{len(cases)} cases, method {args.method}, sites {editor.site_spec}")
         corpus = key_corpus(args, bench, say) if needs_stats(editor) else None
         ctx = EditContext(model, processor, adapter, store=store, corpus=corpus)
         meta.update(model_source=loaded.source, fingerprint=ctx.fingerprint,
                     corpus=corpus.id if corpus is not None else None)
-        res = run_eval(editor, ctx, cases, accumulate=acc, meta=meta, progress=say)
+        res = evaluate_resumable(editor, ctx, cases, args.out, accumulate=acc, meta=meta, progress=say)
     path = res.save(args.out)
     s, b = res.summary, res.baseline
-    print(f"{res.mod} {res.label}: Score {s['Score']} ES {s['ES']} PS {s['PS']} NS {s['NS']} "
-          f"(unedited: ES {b['ES']} PS {b['PS']} NS {b['NS']}); wrote {path}")
+    resumed = res.meta.get("n_cases", 0) - res.meta.get("n_computed_now", 0)
+    print(f"{res.mod} {res.label}: Score {fmt(s['Score'])} ES {fmt(s['ES'])} PS {fmt(s['PS'])} NS {fmt(s['NS'])} "
+          f"(unedited: Score {fmt(b['Score'])} ES {fmt(b['ES'])} PS {fmt(b['PS'])} NS {fmt(b['NS'])}); "
+          f"{s['n_cases']} cases" + (f", {resumed} read back from an earlier run" if resumed else "")
+          + f"; wrote {path}")
     return 0
+
+
+def check_preset(method: str, preset: str | None) -> None:
+    """Fail before the model loads on a ``--preset`` the editor does not have (the error of
+    ``lalm_interp.editors.presets`` lists the valid names and the closest one)."""
+    if not preset:
+        return
+    try:
+        from lalm_interp.editors import presets
+    except ImportError:
+        return  # make_editor says presets are not available
+    presets.path(method, preset)
+
+
+def fitting(cases: list, window: int, meta: dict[str, Any], say) -> list:
+    """The cases whose edit prompt fits the encoder window (``window`` samples at 16 kHz); the
+    others are skipped up front — said on stderr and listed in ``meta["skipped"]`` with the reason —
+    instead of failing the known filter or the edit later."""
+    keep, skipped = [], {}
+    for c in cases:
+        n = len(c.request.prompt.audio)
+        if n > window:
+            skipped[c.case_id] = f"edit prompt is {n / 16000:.2f} s, longer than the {window / 16000:.2f} s encoder window"
+        else:
+            keep.append(c)
+    if skipped:
+        say(f"skipping {len(skipped)} case(s) whose edit prompt is longer than the model's "
+            f"{window / 16000:.2f} s window (e.g. {next(iter(skipped))}); `bench build --max-seconds` keeps them out")
+        meta["skipped"] = skipped
+    return keep
 
 
 def select_targets(args: Any, cases: list) -> list:
@@ -138,6 +381,7 @@ def run_on_executor(args: Any, executor: Any, editor: Any, bench: Any, cases: li
 
     say(f"starting {executor!r}")
     info = executor.map(model_info, [{"editor": editor}])[0]  # a bad site fails here, on a worker
+    cases = fitting(cases, info["window"], meta, say)
     if args.known_only:
         ok = known_sharded(executor, [c.request.prompt for c in cases])
         cases = [c for c, k in zip(cases, ok) if k]
@@ -159,10 +403,16 @@ def register(sub) -> None:
     r.add_argument("--model", required=True, help="'organism', a checkpoint folder or a hub id")
     r.add_argument("--bench", required=True, help="benchmark folder (lalm-interp bench build)")
     r.add_argument("--method", required=True, help="editor name: rome, crossmodal, alphaedit, crossmodal-alphaedit, finetune")
-    r.add_argument("--site", action="append", required=True,
-                   help="site(s) to edit, e.g. audio.layers.1 (= audio.layers.1.mlp.down), text.layers.0:2; repeat for cross-modal")
+    r.add_argument("--site", action="append", default=None,
+                   help="site(s) to edit, e.g. audio.layers.1 (= audio.layers.1.mlp.down), text.layers.0:2; repeat for "
+                        "cross-modal. 'auto' (or audio.auto / text.auto): the peak-AIE layer(s) of a selection trace "
+                        "of the edit prompts; omitted: the model's documented default sites, else auto")
+    r.add_argument("--auto-n", type=int, default=8, help="edit prompts traced by --site auto (default 8)")
+    r.add_argument("--preset", default=None,
+                   help="named hyper-parameter preset of the editor (e.g. paper, organism); --hparam overrides it")
     r.add_argument("--word", default="last", choices=["first", "last", "subject"], help="subject word the key is taken at")
-    r.add_argument("--out", required=True, help="output folder (result.json; with --executor ray also cases/, resumable)")
+    r.add_argument("--out", required=True,
+                   help="output folder: result.json and cases/ (one file per finished case: a rerun resumes)")
     r.add_argument("--hparam", action="append", metavar="KEY=VALUE", help="override a hyper-parameter (dotted for nested: audio.steps=5)")
     mode = r.add_mutually_exclusive_group()
     mode.add_argument("--accumulate", dest="mode", action="store_const", const="accumulate",

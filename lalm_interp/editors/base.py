@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Sequence
 
@@ -186,6 +188,22 @@ def weights_fingerprint(model: torch.nn.Module, max_params: int = 50_000_000) ->
 
 
 # ---------------------------------------------------------------------------- handle
+_APPLIED: "weakref.WeakKeyDictionary[torch.nn.Module, list[weakref.ref[EditHandle]]]" = weakref.WeakKeyDictionary()
+"""Per edited module, the handles whose edit of it is still applied, oldest first (weak references:
+a handle that was garbage-collected without ``revert()`` keeps its edit and guards nothing)."""
+_NUMBERS = itertools.count(1)
+
+
+def _applied(module: torch.nn.Module) -> list["EditHandle"]:
+    """The live, unreverted handles that edited ``module``, oldest first (dead ones pruned)."""
+    refs = _APPLIED.get(module)
+    if not refs:
+        return []
+    live = [r for r in refs if r() is not None and not r().reverted]  # type: ignore[union-attr]
+    _APPLIED[module] = live
+    return [r() for r in live]  # type: ignore[misc]
+
+
 class EditHandle:
     """Reverts an edit bitwise and records what it changed.
 
@@ -193,7 +211,14 @@ class EditHandle:
     ``revert()`` copies the clones back (``copy_``), so the weights are bit-identical to before.
     ``changes`` lists per edited site: module path, ``delta_fro`` = ||ΔW||_F, ``weight_fro`` =
     ||W||_F, ``delta_rel`` = their ratio, ``delta_rank`` (numerical rank of ΔW, for matrices up to
-    4096 wide). ``info`` holds editor-specific diagnostics (loss, null-space size...).
+    4096 wide). ``info`` holds editor-specific diagnostics (loss, null-space size...) and
+    ``info["dW_rel"]`` = ``{"<module path>.weight": ||ΔW||_F / ||W||_F}`` for every edited weight.
+
+    Several handles on one module (sequential edits) revert **newest first**: a later edit was
+    computed on the weights the earlier one left, so "undo only the earlier one" has no exact
+    meaning. Reverting a handle while a later, still-applied handle edited one of its modules raises
+    :class:`EditorError` naming that handle, and changes nothing. Reverting twice is a no-op (also
+    after other edits were applied since). See docs/editors/index.md.
     """
 
     def __init__(self, method: str, sites: Sequence[Site], hparams: Any):
@@ -205,12 +230,17 @@ class EditHandle:
         self.changes: list[dict[str, Any]] = []
         self.info: dict[str, Any] = {}
         self.reverted = False
+        self.number = next(_NUMBERS)
+        """Creation order of handles in this process (names a handle in revert-order errors)."""
 
     def track(self, site: "Site | str", module: torch.nn.Module, path: str) -> None:
         if path in self._orig:
             return
         self._orig[path] = (module, {n: p.detach().clone() for n, p in module.named_parameters(recurse=False)})
         self._site_of[path] = str(site)
+        stack = _applied(module)
+        if self not in stack:
+            _APPLIED[module] = [weakref.ref(h) for h in stack] + [weakref.ref(self)]
 
     @property
     def modules(self) -> list[str]:
@@ -219,19 +249,45 @@ class EditHandle:
     def original(self, path: str, name: str = "weight") -> torch.Tensor:
         return self._orig[path][1][name]
 
+    def blocking(self) -> dict[str, "EditHandle"]:
+        """``{module path: later handle}`` for every module of this handle that a later,
+        still-applied handle edited (empty: ``revert()`` can run)."""
+        out = {}
+        for path, (module, _) in self._orig.items():
+            stack = _applied(module)
+            if self in stack and stack[-1] is not self:
+                out[path] = stack[-1]
+        return out
+
     @torch.no_grad()
     def revert(self) -> None:
-        """Restore every tracked parameter bit for bit (idempotent)."""
+        """Restore every tracked parameter bit for bit. A no-op when already reverted; raises
+        :class:`EditorError` (touching nothing) when a later applied handle edited one of the
+        same modules: revert that one first."""
+        if self.reverted:
+            return
+        later = self.blocking()
+        if later:
+            path, h = next(iter(later.items()))
+            raise EditorError(
+                f"cannot revert {self!r} yet: {h!r} edited {path} after it and is still applied. Edits of "
+                f"one module revert newest first (a later edit was computed on the weights this one left); "
+                f"call revert() on that handle first, then on this one. Nothing was changed."
+            )
         for module, saved in self._orig.values():
             params = dict(module.named_parameters(recurse=False))
             for n, t in saved.items():
                 params[n].data.copy_(t)
         self.reverted = True
+        for module, _ in self._orig.values():
+            _applied(module)  # prune this handle from the module's stack
 
     @torch.no_grad()
     def finish(self) -> "EditHandle":
-        """Compute the change records from the snapshots (called by ``Editor.apply``)."""
+        """Compute the change records from the snapshots (called by ``Editor.apply``), and
+        ``info["dW_rel"]`` = ``{"<module path>.weight": ||ΔW||_F / ||W||_F}`` (W before the edit)."""
         self.changes = []
+        rel: dict[str, float] = {}
         for path, (module, saved) in self._orig.items():
             w0 = saved["weight"].double()
             dw = module.weight.detach().double() - w0
@@ -241,18 +297,28 @@ class EditHandle:
             if dw.ndim == 2 and max(dw.shape) <= 4096:
                 rec["delta_rank"] = int(torch.linalg.matrix_rank(dw, rtol=1e-6)) if rec["delta_fro"] > 0 else 0
             self.changes.append(rec)
+            rel[f"{path}.weight"] = rec["delta_rel"]
+        self.info["dW_rel"] = rel
         return self
 
     def merge(self, other: "EditHandle") -> "EditHandle":
-        """Absorb another handle applied *after* this one (the earliest snapshot of a module wins)."""
+        """Absorb another handle applied *after* this one (the earliest snapshot of a module wins);
+        afterwards this handle reverts both edits and ``other`` is marked reverted."""
         for path, entry in other._orig.items():
+            module = entry[0]
+            stack = _applied(module)
             if path not in self._orig:
                 self._orig[path] = entry
                 self._site_of[path] = other._site_of[path]
+                stack = [self if h is other else h for h in stack]
+            else:
+                stack = [h for h in stack if h is not other]
+            _APPLIED[module] = [weakref.ref(h) for h in dict.fromkeys(stack)]
         for s in other.sites:
             if s not in self.sites:
                 self.sites.append(s)
         self.info.update({f"{other.method}.{k}": v for k, v in other.info.items()})
+        other.reverted = True  # its edit is now this handle's to revert
         return self
 
     def to_json(self) -> dict[str, Any]:
@@ -261,7 +327,7 @@ class EditHandle:
                 "info": _jsonable(self.info), "reverted": self.reverted}
 
     def __repr__(self) -> str:
-        return f"EditHandle({self.method!r}, sites={self.sites}, reverted={self.reverted})"
+        return f"EditHandle #{self.number} ({self.method!r}, sites={self.sites}, reverted={self.reverted})"
 
 
 def _jsonable(x: Any) -> Any:

@@ -1,4 +1,6 @@
-"""Sharded evaluation: the edit cases of one editor spread over workers that each hold the model.
+"""Resumable and sharded evaluation: the edit cases of one editor, each finished case its own
+atomic file — in this process (:func:`evaluate_resumable`, what ``edit run`` does by default) or
+spread over workers that each hold the model (:func:`evaluate_sharded`, ``--executor ray``).
 
 Each worker runs :func:`lalm_interp.evaluation.run` on its shard of cases (the same code as the
 in-process path: score before, edit, score after, revert) and writes every finished case as its
@@ -7,6 +9,7 @@ the worker's process id).
 Those files are the source of truth: a retried shard or a restarted job skips the cases whose
 file exists, and the driver merges the files in case order into the usual ``RunResult``, so the
 merged records equal the in-process run's exactly (same statistics cache → same probabilities).
+A damaged case file (truncated, not JSON) is moved to ``quarantine/`` beside it and recomputed.
 
 Modes that accumulate edits across cases (``accumulate=True``, the multi-layer editors' default)
 cannot be split: case k's edit starts from the weights cases 0..k-1 left behind. They run as **one
@@ -61,24 +64,163 @@ def portable(case: Any) -> Any:
     return replace(case, paraphrases=tuple(map(p, case.paraphrases)), neighbours=tuple(map(p, case.neighbours)))
 
 
-def read_case(path: Path, case: Any) -> dict[str, Any] | None:
-    """The stored result of ``case`` (``None`` when missing); a file written for another request
-    under the same id (the benchmark changed under the same ``--out``) is an error."""
+QUARANTINE_DIR = "quarantine"
+UNFINISHED = "_unfinished.run"
+"""Written by the in-process run before its first edit, removed when it returns: its presence on a
+rerun means the earlier run was killed (said on the progress stream)."""
+
+
+def quarantine(path: Path) -> Path:
+    """Move a damaged case file aside (never deleted: ``<folder>/quarantine/<name>.<UTC time>``)."""
+    dest = path.parent / QUARANTINE_DIR / f"{path.name}.{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    n = 1
+    while dest.exists():
+        dest = dest.with_name(f"{dest.name.split('~')[0]}~{n}")
+        n += 1
+    os.replace(path, dest)
+    return dest
+
+
+def _damage(doc: Any) -> str | None:
+    """Why a parsed case file is not a finished case record (``None``: it is one)."""
+    if not isinstance(doc, dict):
+        return f"a JSON {type(doc).__name__}, not an object"
+    missing = [k for k in ("record", "edit", "edit_seconds") if k not in doc]
+    if missing:
+        return f"no {missing} field(s)"
+    if not isinstance(doc["record"], dict) or "request" not in doc["record"] or "before" not in doc["record"]:
+        return "its record has no request or before-scores"
+    return None
+
+
+def read_case(path: Path, case: Any, damaged: list | None = None) -> dict[str, Any] | None:
+    """The stored result of ``case`` (``None`` when missing). A damaged file (truncated, not JSON,
+    fields missing) is moved to ``quarantine/`` next to it and ``None`` returned, so the case is
+    recomputed; ``(path, new path, reason)`` is appended to ``damaged``. A file written for another
+    request under the same id (the benchmark changed under the same ``--out``) is an error."""
     if not path.exists():
         return None
     try:
         doc = json.loads(path.read_text("utf-8"))
-    except (OSError, json.JSONDecodeError) as err:
-        raise ExecutorError(f"case file {path} cannot be read ({err}); delete it and rerun the same command to "
-                            f"recompute that case. Docs: {DOCS}#evaluation.") from err
+        why = _damage(doc)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        why = f"{type(err).__name__}: {err}"
+    if why is not None:
+        moved = quarantine(path)
+        if damaged is not None:
+            damaged.append((path, moved, why))
+        return None
     want = json.loads(json.dumps(case.request.to_json()))
-    if doc.get("record", {}).get("request") != want:
+    if doc["record"]["request"] != want:
         raise ExecutorError(
             f"case file {path} was written for another request with id {case.case_id!r} (the benchmark "
             f"changed under the same --out). Delete {path.parent} or use a new --out. "
             f"Docs: {DOCS}#evaluation."
         )
     return doc
+
+
+def case_folder(out: "str | Path", editor: Any, accumulate: bool, fingerprint: str, corpus_id: str | None,
+                case_ids: Sequence[str]) -> Path:
+    """``OUT/cases/<run key>``: where the per-case files of this run live (both paths)."""
+    return Path(out).resolve() / CASES_DIR / run_key(editor, accumulate, fingerprint, corpus_id, case_ids)
+
+
+def _unique(ids: Sequence[str]) -> None:
+    dup = sorted({i for i in ids if ids.count(i) > 1})
+    if dup:
+        raise ExecutorError(f"case ids must be unique to shard or resume an evaluation (each case is its own "
+                            f"result file); {dup[:3]} repeat. Give cases distinct ids. Docs: {DOCS}#evaluation.")
+
+
+def _done(folder: Path, cases: Sequence[Any], say: Callable[[str], None]) -> set[str]:
+    """Ids of the cases whose file in ``folder`` holds a finished record (damaged files quarantined
+    and reported; orphaned temp files of a killed run removed)."""
+    from .tracing import remove_orphan_temps
+
+    folder.mkdir(parents=True, exist_ok=True)
+    remove_orphan_temps(folder)
+    damaged: list = []
+    done = {c.case_id for c in cases if read_case(case_path(folder, c.case_id), c, damaged) is not None}
+    for path, moved, why in damaged:
+        say(f"case file {path.name} is damaged ({why}); moved it to {moved} and computing that case again")
+    return done
+
+
+def _merge(folder: Path, cases: Sequence[Any], editor: Any, acc: bool, t0: float,
+           meta: dict[str, Any]) -> Any:
+    """The ``RunResult`` read back from the per-case files, in case order."""
+    from ..evaluation import result
+
+    docs = []
+    for c in cases:
+        d = read_case(case_path(folder, c.case_id), c)
+        if d is None:
+            raise ExecutorError(f"case {c.case_id!r} has no readable result file under {folder} after the run "
+                                f"finished; rerun the same command to compute it. Docs: {DOCS}#evaluation.")
+        docs.append(d)
+    records = [d["record"] for d in docs]
+    edits = [d["edit"] for d in docs if d["edit"] is not None]
+    meta_out = {"n_cases": len(cases), "n_failed": sum("error" in r for r in records),
+                "edit_seconds": sum(d["edit_seconds"] for d in docs), "total_seconds": time.time() - t0,
+                "cases_dir": str(folder), **meta}
+    return result(editor, acc, records, edits, meta_out)
+
+
+def evaluate_resumable(editor: Any, ctx: Any, cases: Sequence[Any], out: "str | Path", *,
+                       accumulate: bool | None = None, meta: dict[str, Any] | None = None,
+                       progress: Callable[[str], None] | None = None) -> Any:
+    """:func:`lalm_interp.evaluation.run` in this process, resumable: every finished case is its
+    own atomic file ``OUT/cases/<run key>/<safe case id>.json`` (the same files, key and merge as
+    :func:`evaluate_sharded`), so a rerun of a killed run skips the finished cases and the merged
+    ``RunResult`` equals an uninterrupted run's (``meta["n_computed_now"]``, ``meta["n_resumed"]``).
+
+    Accumulating modes (``accumulate=True``, AlphaEdit-style sequential edits) cannot skip cases:
+    case k's edit starts from the weights cases 0..k-1 left, and its files are written only once
+    every edit has been scored and reverted. A killed accumulating run therefore restarts from
+    case 1 (said on ``progress``); a finished one is read back without editing anything.
+    See docs/usage/evaluation.md#resuming-a-run.
+    """
+    say = progress or (lambda s: None)
+    t0 = time.time()
+    acc = editor.accumulates if accumulate is None else bool(accumulate)
+    ids = [c.case_id for c in cases]
+    _unique(ids)
+    editor.reset()
+    editor.resolve_sites(ctx.adapter)  # a bad site fails before any file is written
+    folder = case_folder(out, editor, acc, ctx.fingerprint, getattr(ctx.corpus, "id", None), ids)
+    done = _done(folder, cases, say)
+    todo = [c for c in cases if c.case_id not in done]
+    marker = folder / UNFINISHED
+    if acc and todo:
+        if marker.exists() or done:
+            say(f"an earlier accumulating run in {folder} did not finish; case k's edit depends on cases "
+                f"1..k-1, so it cannot skip cases: editing all {len(cases)} cases again from case 1 "
+                f"(docs/usage/evaluation.md#resuming-a-run)")
+        todo = list(cases)
+    elif done:
+        say(f"resuming: {len(done)} of {len(cases)} cases finished already in {folder}; {len(todo)} to go")
+    index = {c.case_id: i for i, c in enumerate(cases)}
+    now: set[str] = set()
+    if todo:
+        from ..bench.store import atomic_write_json
+        from ..evaluation import run
+
+        def write(k: int, record: dict[str, Any], edit: dict[str, Any] | None, seconds: float) -> None:
+            case = todo[k]
+            if case.case_id in done:  # an accumulating rerun keeps the files a finished case wrote
+                return
+            atomic_write_json(case_path(folder, case.case_id),
+                              {"index": index[case.case_id], "case_id": case.case_id, "record": record,
+                               "edit": edit, "edit_seconds": seconds, "worker": os.getpid()})
+            now.add(case.case_id)
+
+        atomic_write_json(marker, {"pid": os.getpid(), "started": time.time(), "cases": len(todo)})
+        run(editor, ctx, todo, accumulate=acc, progress=say, on_case=write)
+        marker.unlink(missing_ok=True)
+    return _merge(folder, cases, editor, acc, t0, {"executor": "in-process", "n_computed_now": len(now),
+                                                    "n_resumed": len(cases) - len(now), **(meta or {})})
 
 
 # ---------------------------------------------------------------------------- shard functions
@@ -107,15 +249,18 @@ def _context(state: Any, store_root: str | None, corpus: Any, fingerprint: str) 
 
 
 def model_info(state: Any, payload: dict[str, Any]) -> dict[str, Any]:
-    """Shard function: the loaded model's weights fingerprint, ``payload["editor"]``'s sites and
+    """Shard function: the loaded model's weights fingerprint, encoder window (samples),
+    ``payload["editor"]``'s sites and
     the key sites of ``payload["sites"]`` resolved on its adapter (a bad site raises
     ``EditorError`` here, before anything else is scheduled)."""
     from ..editors.base import weights_fingerprint
     from .stats import key_sites
 
+    from ..inputs import window_samples
+
     model, _, adapter = state
     editor = payload.get("editor")
-    return {"fingerprint": weights_fingerprint(model),
+    return {"fingerprint": weights_fingerprint(model), "window": window_samples(adapter),
             "sites": [str(s) for s in editor.resolve_sites(adapter)] if editor is not None else [],
             "key_sites": [str(s) for s in key_sites(adapter, payload["sites"])] if payload.get("sites") else []}
 
@@ -192,16 +337,11 @@ def evaluate_sharded(executor: Any, editor: Any, cases: Sequence[Any], out: "str
     (default: what a worker computes). shard_size: cases per shard (default ~4 shards per
     worker, at most 16); accumulating modes always run as one shard.
     """
-    from ..evaluation import result
-
     say = progress or (lambda s: None)
     t0 = time.time()
     acc = editor.accumulates if accumulate is None else bool(accumulate)
     ids = [c.case_id for c in cases]
-    dup = sorted({i for i in ids if ids.count(i) > 1})
-    if dup:
-        raise ExecutorError(f"case ids must be unique to shard an evaluation (each case is its own result "
-                            f"file); {dup[:3]} repeat. Give cases distinct ids. Docs: {DOCS}#evaluation.")
+    _unique(ids)
     editor.reset()
     info = executor.map(model_info, [{"editor": editor}])[0]  # resolves the sites on a worker: fails early
     fp = fingerprint or info["fingerprint"]
@@ -214,9 +354,8 @@ def evaluate_sharded(executor: Any, editor: Any, cases: Sequence[Any], out: "str
             for site in info["sites"]:
                 say(f"key statistics at {site}@in on {executor!r}")
                 key_stats_sharded(executor, corpus, site, store=store, model=fp)
-    folder = Path(out).resolve() / CASES_DIR / run_key(editor, acc, fp, getattr(corpus, "id", None), ids)
-    folder.mkdir(parents=True, exist_ok=True)
-    done = {c.case_id for c in cases if read_case(case_path(folder, c.case_id), c) is not None}
+    folder = case_folder(out, editor, acc, fp, getattr(corpus, "id", None), ids)
+    done = _done(folder, cases, say)
     todo = [(i, c) for i, c in enumerate(cases) if c.case_id not in done]
     if acc and todo:
         todo = list(enumerate(cases))
@@ -238,17 +377,6 @@ def evaluate_sharded(executor: Any, editor: Any, cases: Sequence[Any], out: "str
     from .tracing import remove_orphan_temps
 
     remove_orphan_temps(folder)
-    docs = []
-    for c in cases:
-        d = read_case(case_path(folder, c.case_id), c)
-        if d is None:
-            raise ExecutorError(f"case {c.case_id!r} has no result file under {folder} after every shard "
-                                f"finished; rerun the same command to compute it. Docs: {DOCS}#evaluation.")
-        docs.append(d)
-    records = [d["record"] for d in docs]
-    edits = [d["edit"] for d in docs if d["edit"] is not None]
-    meta_out = {"n_cases": len(cases), "n_failed": sum("error" in r for r in records),
-                "edit_seconds": sum(d["edit_seconds"] for d in docs), "total_seconds": time.time() - t0,
-                "executor": executor.name, "workers": executor.workers, "shards": len(payloads),
-                "n_computed_now": sum(now for shard in res for _, now in shard), **(meta or {})}
-    return result(editor, acc, records, edits, meta_out)
+    return _merge(folder, cases, editor, acc, t0, {
+        "executor": executor.name, "workers": executor.workers, "shards": len(payloads),
+        "n_computed_now": sum(now for shard in res for _, now in shard), **(meta or {})})
