@@ -5,10 +5,17 @@ Named spans: ``subject``, ``first_subject_word``, ``last_subject_word``, ``last_
 ``before_subject`` / ``after_subject`` (non-empty only when such words exist) and, on the LLM
 sequence only, ``last_token``. A word range ``(i, j)`` (inclusive word indices) works too.
 All spans are half-open ``(start, stop)`` and always inside the valid (unpadded) frames.
+
+A word ``[start_s, end_s)`` covers the frames whose *centres* lie inside it (see
+:meth:`~lalm_interp.rates.RateChain.seconds_to_span` and ``docs/gotchas/frame-rates.md``), so two
+words that touch never share a frame, and a word shorter than one frame still gets the frame whose
+cell holds its midpoint. A word with ``start_s == end_s`` is a token that is not spoken (a dash
+espeak-ng skips): it is allowed in the word list but owns no frames.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Sequence, Union
 
@@ -30,11 +37,18 @@ SpanName = Union[str, tuple[int, int]]
 
 @dataclass(frozen=True)
 class Word:
-    """One spoken word: its text and its start/end time in seconds within the clip."""
+    """One spoken word: its text and its start/end time in seconds within the clip
+    (``start_s == end_s``: a token that is not spoken; it owns no frames)."""
 
     text: str
     start_s: float
     end_s: float
+
+    def __iter__(self):  # unpacks like the speech module's WordSpan: ``text, start_s, end_s = w``
+        return iter((self.text, self.start_s, self.end_s))
+
+    def __getitem__(self, k):
+        return (self.text, self.start_s, self.end_s)[k]
 
 
 def as_words(words: Sequence) -> tuple[Word, ...]:
@@ -76,11 +90,19 @@ class PositionMap:
         dur = self.n_mel / self.chain.mel_rate
         prev = 0.0
         for k, w in enumerate(words):
-            if not (0 <= w.start_s < w.end_s):
-                raise SpanError(f"word {k} {w.text!r}: [{w.start_s}, {w.end_s}) s is not a valid interval.")
+            if not str(w.text).strip():
+                raise SpanError(
+                    f"word {k} has no text ({w.text!r}); expected one word per whitespace token of the prompt. "
+                    "Build the words from the text's tokens (speech.tokens.whitespace_tokens) or the TTS's word spans."
+                )
+            if not (0 <= w.start_s <= w.end_s) or not math.isfinite(w.end_s):
+                raise SpanError(
+                    f"word {k} {w.text!r}: [{w.start_s}, {w.end_s}) s is not a valid interval; expected "
+                    "0 <= start <= end (end == start only for a token that is not spoken)."
+                )
             if w.start_s < prev - 1e-6:
                 raise SpanError(f"word {k} {w.text!r} starts at {w.start_s:.3f} s, before the previous word ends.")
-            if w.start_s >= dur:
+            if w.start_s > dur or (w.start_s == dur and w.end_s > w.start_s):
                 raise SpanError(
                     f"word {k} {w.text!r} starts at {w.start_s:.3f} s, after the clip's {dur:.3f} s of real audio; "
                     "the timings do not belong to this clip."
@@ -129,7 +151,14 @@ class PositionMap:
         if rng is None:
             raise SpanError(f"span {name!r} has no words in {' '.join(w.text for w in self.words)!r}.")
         i, j = rng
-        t0, t1 = self.words[i].start_s, self.words[j].end_s
+        spoken = [w for w in self.words[i : j + 1] if w.end_s > w.start_s]
+        if not spoken:
+            raise SpanError(
+                f"span {name!r} = words {i}..{j} ({' '.join(w.text for w in self.words[i : j + 1])!r}) has zero "
+                "length: those tokens are not spoken (start == end), so they own no frames. Ask for a span "
+                "with a spoken word."
+            )
+        t0, t1 = spoken[0].start_s, spoken[-1].end_s
         if stage == SEQ:
             a, b = self.chain.seconds_to_span(self.chain.llm_stage, t0, t1, self.n_mel)
             return (self.audio_start + a, self.audio_start + b)
@@ -137,16 +166,14 @@ class PositionMap:
 
     def time_s(self, stage: str) -> list[float]:
         """Centre time (s) of each valid frame of ``stage`` (coordinates for plots and caches)."""
-        out = []
-        for j in range(self.n_frames(stage)):
-            a, b = self.chain.frame_to_seconds(stage, j)
-            out.append((a + b) / 2)
-        return out
+        return self.chain.centres(stage, self.n_mel)
 
     def word_of_frame(self, stage: str) -> list[str]:
         """The word each valid frame of ``stage`` belongs to (``""`` for silence between words)."""
         labels = [""] * self.n_frames(stage)
         for w in self.words:
+            if not w.end_s > w.start_s:
+                continue
             try:
                 a, b = self.chain.seconds_to_span(stage, w.start_s, w.end_s, self.n_mel)
             except SpanError:

@@ -11,7 +11,10 @@ synthesised. That output is bit-exact. See ``docs/gotchas/tts-determinism.md``.
 Post-processing rule (the same for every utterance): 22,050 Hz int16 → float32 in [-1, 1) →
 16 kHz (``scipy.signal.resample_poly``, 320/441) → trailing silence trimmed (everything after the
 last sample with ``|x| > trim_threshold``, but never earlier than ``min_last_word_s`` after the last
-word's onset). The last word ends at the end of the trimmed audio.
+word's onset) → word spans from the WORD and PHONEME events (:func:`.tokens.events_to_spans`; a word
+espeak-ng speaks together with its neighbour starts at its first phoneme) → each word trimmed to the
+speech inside it (:mod:`.trim`: 10 ms level below ``word_floor_db`` re the clip's peak is silence),
+so a word ends where its speech ends, not where the next word begins.
 """
 
 from __future__ import annotations
@@ -30,10 +33,12 @@ import numpy as np
 
 from .errors import SpeechError
 from .tokens import events_to_spans, whitespace_tokens
+from .trim import DEFAULT_FLOOR_DB, trim_word_spans
 from .tts import SAMPLE_RATE, Rendition, Utterance, WordSpan, check_text, resample
 
-SCHEME_VERSION = 1
-"""Bump when post-processing changes; part of :attr:`EspeakBackend.version` (content hashes)."""
+SCHEME_VERSION = 2
+"""Bump when post-processing changes; part of :attr:`EspeakBackend.version` (content hashes).
+2: phoneme-derived starts for words without their own WORD event; word spans trimmed to speech."""
 
 DEFAULT_RENDITIONS: tuple[Rendition, ...] = (
     Rendition("en-us"),
@@ -47,12 +52,17 @@ DEFAULT_RENDITIONS: tuple[Rendition, ...] = (
 )
 """A palette of acoustically distinct renditions; a benchmark with N renditions takes the first N."""
 
-_WORD, _END, _LIST_TERMINATED = 1, 5, 0
+_WORD, _END, _PHONEME, _LIST_TERMINATED = 1, 5, 7, 0
+_INITIALIZE_PHONEME_EVENTS = 0x0001
 _AUDIO_OUTPUT_SYNCHRONOUS = 2
 _POS_CHARACTER = 1
 _CHARS_UTF8 = 1
 _RATE, _PITCH = 1, 3
 _EE_NOT_FOUND = 2
+
+
+class _EventId(ctypes.Union):
+    _fields_ = [("number", ctypes.c_int), ("name", ctypes.c_void_p), ("string", ctypes.c_char * 8)]
 
 
 class _Event(ctypes.Structure):
@@ -64,7 +74,7 @@ class _Event(ctypes.Structure):
         ("audio_position", ctypes.c_int),
         ("sample", ctypes.c_int),
         ("user_data", ctypes.c_void_p),
-        ("id", ctypes.c_void_p),
+        ("id", _EventId),
     ]
 
 
@@ -111,13 +121,16 @@ class EspeakBackend:
             (-60 dBFS).
         min_last_word_s: the trimmed audio never ends earlier than this after the last word's
             onset, seconds. Default 0.05.
+        word_floor_db: each word span is trimmed to the samples whose 10 ms level is at least this
+            many dB re the clip's loudest 10 ms (:mod:`lalm_interp.speech.trim`). Default -60.0;
+            ``None`` keeps the untrimmed spans (a word then ends where the next begins).
     """
 
     name = "espeak-ng"
 
     def __init__(self, library: str | None = None, data_path: str | None = None, *,
                  timeout_s: float = 60.0, trim_threshold: float = 1e-3,
-                 min_last_word_s: float = 0.05):
+                 min_last_word_s: float = 0.05, word_floor_db: float | None = DEFAULT_FLOOR_DB):
         path, self.data_path = _find_library(library, data_path)
         try:
             self._lib = ctypes.CDLL(path)
@@ -147,6 +160,7 @@ class EspeakBackend:
         self.timeout_s = float(timeout_s)
         self.trim_threshold = float(trim_threshold)
         self.min_last_word_s = float(min_last_word_s)
+        self.word_floor_db = None if word_floor_db is None else float(word_floor_db)
         self._lib_version = (lib.espeak_Info(None) or b"?").decode()
         self._voices: tuple[str, ...] | None = None
 
@@ -154,7 +168,8 @@ class EspeakBackend:
     @property
     def version(self) -> str:
         """``"espeak-ng <lib version> / lalm-espeak <scheme>"``; enters content hashes."""
-        return f"espeak-ng {self._lib_version} / lalm-espeak {SCHEME_VERSION}"
+        trim = "" if self.word_floor_db == DEFAULT_FLOOR_DB else f" words>{self.word_floor_db}dB"
+        return f"espeak-ng {self._lib_version} / lalm-espeak {SCHEME_VERSION}{trim}"
 
     def __repr__(self) -> str:
         return f"EspeakBackend({self.library!r}, version={self.version!r})"
@@ -162,19 +177,23 @@ class EspeakBackend:
     # -- in the child -----------------------------------------------------------------------
     def _init(self) -> int:
         data = self.data_path.encode() if self.data_path else None
-        rate = self._lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, data, 0)
+        # phoneme events only add events to the callback; the audio is bit-identical
+        rate = self._lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, data, _INITIALIZE_PHONEME_EVENTS)
         if rate <= 0:
             raise SpeechError(f"espeak_Initialize failed (returned {rate}) with data path "
                               f"{self.data_path!r}.\n  expected: a readable espeak-ng-data folder"
                               "\n  fix: reinstall espeakng-loader or pass data_path=")
         return rate
 
-    def _raw(self, text: str, rendition: Rendition) -> tuple[np.ndarray, list[tuple[int, int]], int]:
-        """Synthesise in *this* process: int16 samples, WORD events (1-based char, ms), rate."""
+    def _raw(self, text: str, rendition: Rendition) -> dict:
+        """Synthesise in *this* process. Returns ``audio`` (int16), ``events`` (WORD events:
+        1-based char, ms), ``rate`` (Hz), ``phonemes`` (PHONEME events: ms, name) and ``counts``
+        (phonemes of each whitespace token spoken alone; ``None`` when the library cannot tell)."""
         lib = self._lib
         rate = self._init()
         chunks: list[np.ndarray] = []
         events: list[tuple[int, int]] = []
+        phonemes: list[tuple[int, str]] = []
 
         def on_audio(wav, n, ev):  # noqa: ANN001
             if n > 0 and wav:
@@ -183,6 +202,8 @@ class EspeakBackend:
             while ev[i].type != _LIST_TERMINATED:
                 if ev[i].type == _WORD:
                     events.append((ev[i].text_position, ev[i].audio_position))
+                elif ev[i].type == _PHONEME:
+                    phonemes.append((ev[i].audio_position, ev[i].id.string.decode("utf-8", "replace")))
                 i += 1
             return 0
 
@@ -199,12 +220,33 @@ class EspeakBackend:
             raise SpeechError(f"espeak_Synth returned error {err} for {text!r}.\n  expected: 0\n"
                               "  fix: report the text; try another rendition")
         audio = np.concatenate(chunks) if chunks else np.zeros(0, np.int16)
-        return audio, events, rate
+        counts = self._phoneme_counts([t.text for t in whitespace_tokens(text)])
+        return {"audio": audio, "events": events, "rate": rate, "phonemes": phonemes, "counts": counts}
+
+    def _phoneme_counts(self, words: Sequence[str]) -> list[int] | None:
+        """Phonemes of each word spoken alone (``espeak_TextToPhonemes``, pauses not counted).
+        Called after synthesis, in the child, so it cannot change the audio."""
+        fn = getattr(self._lib, "espeak_TextToPhonemes", None)
+        if fn is None:
+            return None
+        fn.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_int, ctypes.c_int]
+        fn.restype = ctypes.c_char_p
+        out = []
+        for w in words:
+            buf = ctypes.create_string_buffer(w.encode("utf-8"))
+            ptr = ctypes.c_void_p(ctypes.addressof(buf))
+            n, guard = 0, 0
+            while ptr.value and guard < 64:  # one call per clause
+                res = fn(ctypes.byref(ptr), _CHARS_UTF8, ord("|") << 8) or b""
+                n += sum(1 for p in res.decode("utf-8", "replace").replace(" ", "|").split("|")
+                         if p and not p.startswith("_"))
+                guard += 1
+            out.append(n)
+        return out
 
     def _child(self, conn, text: str, rendition: Rendition) -> None:  # noqa: ANN001
         try:
-            audio, events, rate = self._raw(text, rendition)
-            conn.send(("ok", audio, events, rate))
+            conn.send(("ok", self._raw(text, rendition)))
         except _VoiceNotFound as err:
             conn.send(("voice", str(err)))
         except BaseException as err:  # noqa: BLE001 — everything goes back to the parent
@@ -220,7 +262,8 @@ class EspeakBackend:
         if kind != "ok":
             raise SpeechError(f"espeak-ng failed for {text!r} ({rendition}): {msg[1]}.\n"
                               "  expected: audio and word events\n  fix: check the text and voice")
-        raw, events, rate = msg[1], msg[2], msg[3]
+        out = msg[1]
+        raw, events, rate = out["audio"], out["events"], out["rate"]
         if len(raw) == 0 or not events:
             raise SpeechError(f"espeak-ng produced no {'audio' if len(raw) == 0 else 'word events'} "
                               f"for {text!r} ({rendition}).\n  expected: speakable words\n"
@@ -234,7 +277,11 @@ class EspeakBackend:
         end_n = min(len(audio), max(end_n, int(np.ceil((last_onset + self.min_last_word_s)
                                                        * SAMPLE_RATE))))
         audio = np.ascontiguousarray(audio[:end_n])
-        spans, estimated = events_to_spans(tokens, ev, end_n / SAMPLE_RATE)
+        spans, estimated = events_to_spans(
+            tokens, ev, end_n / SAMPLE_RATE, phonemes=[(ms / 1000.0, name) for ms, name in out["phonemes"]],
+            counts=out["counts"])
+        if self.word_floor_db is not None:
+            spans = trim_word_spans(audio, spans, SAMPLE_RATE, floor_db=self.word_floor_db)
         words = tuple(WordSpan(t.text, s, e) for t, (s, e) in zip(tokens, spans))
         return Utterance(text=text, audio=audio, words=words, rendition=rendition,
                          backend=self.version, estimated=estimated)
@@ -367,10 +414,10 @@ class EspeakBackend:
         check_text(text)
         self._check_variant(rendition)
         try:
-            audio, events, rate = self._raw(text, rendition)
+            raw = self._raw(text, rendition)
         except _VoiceNotFound as err:
             raise self._voice_error(str(err)) from None
-        return self._finish(("ok", audio, events, rate), text, rendition)
+        return self._finish(("ok", raw), text, rendition)
 
 
 class _VoiceNotFound(Exception):

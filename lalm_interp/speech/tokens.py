@@ -50,19 +50,32 @@ def events_to_spans(
     tokens: Sequence[Token],
     events: Sequence[tuple[int, float]],
     end_s: float,
+    *,
+    phonemes: Sequence[tuple[float, str]] | None = None,
+    counts: Sequence[int] | None = None,
 ) -> tuple[tuple[tuple[float, float], ...], tuple[int, ...]]:
     """Turn word events into one ``(start_s, end_s)`` span per token.
 
-    ``events`` are ``(char_index, time_s)`` pairs (0-based character index into the text). Rules:
+    ``events`` are ``(char_index, time_s)`` pairs (0-based character index into the text);
+    ``phonemes`` the TTS's phoneme events ``(time_s, name)`` (names starting with ``_`` are pauses)
+    and ``counts`` the number of phonemes of each token spoken alone. Rules:
 
     1. each event goes to the token that contains its position (:func:`token_at`); a token's onset
        is its earliest event (numbers emit several events; the first one counts);
     2. an onset not later than the previous token's onset is dropped (positions can shift after
        abbreviations), so onsets strictly increase;
-    3. a token without an onset merges into the previous token (tokens before the first onset merge
-       into the first one): the merged group's interval is split among its tokens in proportion to
-       their character lengths, and those tokens are reported as *estimated*;
+    3. a token without an onset of its own belongs to the group of the previous token with one.
+       espeak-ng speaks some word pairs as one word ("with the", "has to", "did not") and, after a
+       ``?``, reports the next words' positions too early ("It is" → both events inside "It"), so
+       such tokens are common. With ``phonemes`` and ``counts``, the group's phonemes (pauses left
+       out) are split in token order by the tokens' own phoneme counts (scaled to the group's
+       phoneme total when they differ), and each token starts at the phoneme event where its share
+       begins — an event-derived time. A token with 0 phonemes (a dash espeak-ng does not speak)
+       gets a zero-length span at the next spoken token's start. Only without phoneme information
+       (or when the group has fewer phonemes than spoken tokens) is the group's interval split in
+       proportion to the tokens' character lengths; those tokens are reported as *estimated*;
     4. a token ends where the next begins; the last ends at ``end_s`` (clamped to its onset).
+       (Trailing silence is trimmed afterwards, on the audio: :mod:`.trim`.)
 
     Returns ``(spans, estimated_indices)``. Spans are monotone, non-overlapping and contiguous.
     """
@@ -88,28 +101,71 @@ def events_to_spans(
                           f"(first: {tokens[0].text!r}).\n  expected: one event per spoken word\n"
                           "  fix: check that the text contains speakable words")
     end_s = max(float(end_s), onset[anchors[-1]])  # type: ignore[arg-type]
-    groups: list[tuple[list[int], float, float]] = []
+    if counts is not None and len(counts) != len(tokens):
+        counts = None
+    spans: list[tuple[float, float]] = []
+    estimated: list[int] = []
     for i, a in enumerate(anchors):
         lo = 0 if i == 0 else a
         hi = anchors[i + 1] if i + 1 < len(anchors) else len(tokens)
-        g_end = onset[anchors[i + 1]] if i + 1 < len(anchors) else end_s
-        groups.append((list(range(lo, hi)), onset[a], g_end))  # type: ignore[arg-type]
-    spans: list[tuple[float, float]] = []
-    estimated: list[int] = []
-    for members, g0, g1 in groups:
+        g0 = onset[a]
+        g1 = onset[anchors[i + 1]] if i + 1 < len(anchors) else end_s
+        members = list(range(lo, hi))
         if len(members) == 1:
-            spans.append((g0, g1))
+            spans.append((g0, g1))  # type: ignore[arg-type]
+            continue
+        starts = None
+        if lo == a and phonemes is not None and counts is not None:
+            starts = _phoneme_starts([int(counts[m]) for m in members], phonemes, g0, g1)  # type: ignore[arg-type]
+        if starts is not None:
+            spoken_next = g1
+            out = []
+            for st in reversed(starts):  # zero-length tokens sit at the next spoken token's start
+                if st is None:
+                    out.append((spoken_next, spoken_next))
+                else:
+                    out.append((st, spoken_next))
+                    spoken_next = st
+            spans.extend(reversed(out))
             continue
         weights = [max(1, tokens[m].end - tokens[m].start) for m in members]
         total = float(sum(weights))
         t = g0
         for j, (m, w) in enumerate(zip(members, weights)):
             t_next = g1 if j == len(members) - 1 else t + (g1 - g0) * w / total
-            spans.append((t, t_next))
+            spans.append((t, t_next))  # type: ignore[arg-type]
             if onset[m] is None:
                 estimated.append(m)
             t = t_next
     return tuple(spans), tuple(estimated)
+
+
+def _phoneme_starts(counts: Sequence[int], phonemes: Sequence[tuple[float, str]], g0: float,
+                    g1: float) -> list[float | None] | None:
+    """Start time of each token of a group from the group's phoneme events (``None`` for a token
+    with no phonemes); ``None`` when the group's phonemes cannot be split that way."""
+    times = [float(t) for t, name in phonemes
+             if g0 - 1e-4 <= t < g1 - 1e-4 and name and not name.startswith("_")]
+    if counts[0] <= 0 or not times:
+        return None
+    total = sum(c for c in counts if c > 0)
+    n = len(times)
+    out: list[float | None] = []
+    cum, prev, last_t = 0, -1, g0
+    for c in counts:
+        if c <= 0:
+            out.append(None)
+            continue
+        k = cum if total == n else int(round(cum * n / total))
+        if k <= prev or k >= n:
+            return None
+        t = g0 if cum == 0 else times[k]
+        if cum > 0 and not (last_t < t < g1):  # starts must strictly increase inside the group
+            return None
+        out.append(t)
+        prev, last_t = k, t
+        cum += c
+    return out
 
 
 def find_subject(text: str, subject: str) -> tuple[int, int]:

@@ -101,10 +101,13 @@ class Utterance:
     Fields:
         text: the text spoken, exactly as passed in.
         audio: mono float32 samples at :data:`SAMPLE_RATE` (16 kHz), shape ``(n,)``.
-        words: one :class:`WordSpan` per whitespace token of ``text``, in order.
+        words: one :class:`WordSpan` per whitespace token of ``text``, in order. The espeak-ng
+            backend's spans end where each word's speech ends (:mod:`.trim`), so consecutive
+            words may leave gaps (pauses); ``start == end`` marks a token that is not spoken.
         rendition: the :class:`Rendition` used (``None`` for recordings).
-        backend: backend name and version, e.g. ``"espeak-ng 1.52.0 / lalm-espeak 1"``.
-        estimated: indices of words whose span was split from a neighbour's (no own event).
+        backend: backend name and version, e.g. ``"espeak-ng 1.52.0 / lalm-espeak 2"``.
+        estimated: indices of words whose start was split from a neighbour's by character
+            counts (no WORD or phoneme event to place it; espeak-ng: none in practice).
         sample_rate: always 16000 (Hz).
     """
 

@@ -32,7 +32,11 @@ def test_voxtral_groups_four_encoder_frames_per_token(built):
     pm = position_map(a, batch, 0, WORDS, SUBJECT)
     assert pm.n_frames("encoder") == 98 and pm.n_frames("token") == 25  # ceil(98 / 4): the last group is real
     assert pm.span("subject", "encoder") == (0, 64) and pm.span("subject", "token") == (0, 16)
-    assert pm.span("last_word", "token") == (22, 25)  # 1.785-1.943 s → groups 22, 23, 24
+    # 1.785-1.943 s → groups 22 (centred at 1.79 s), 23 (1.87 s) and 24, which holds the 2 real
+    # encoder frames 96, 97 (+2 of padding) and is centred on them (1.93 s)
+    assert pm.span("last_word", "token") == (22, 25)
+    assert pm.time_s("token")[-1] == pytest.approx(1.93)
+    assert pm.span("subject", "token") == (0, 16)  # group 15 is centred at 1.23 s < 1.27; 16 at 1.31
     assert pm.span("subject", SEQ) == (batch.audio_start[0], batch.audio_start[0] + 16)
 
 
@@ -47,7 +51,7 @@ def test_voxtral_token_j_reads_encoder_frames_4j_to_4j_plus_3(built):
 
 
 # ------------------------------------------------------------------------------------- SALMONN
-def test_salmonn_windows_map_words_to_the_windows_they_overlap(built):
+def test_salmonn_windows_map_words_to_the_windows_they_centre(built):
     model, proc, a = built("salmonn")
     chain = a.rate_chain
     assert chain.cell("token") == 34 and chain.frames_per_second("token") == pytest.approx(50 / 17)
@@ -60,11 +64,14 @@ def test_salmonn_windows_map_words_to_the_windows_they_overlap(built):
     assert a.audio_token_id is None and batch.n_audio == [11]
     pm = position_map(a, batch, 0, WORDS, SUBJECT)
     assert pm.n_frames("token") == 6  # 98 real frames touch windows 0..5
-    assert pm.span("first_subject_word", "token") == (0, 3)  # 0-0.765 s: windows [0, .34), [.34, .68), [.68, 1.02)
-    assert pm.span("subject", "token") == (0, 4)  # to 1.27 s → window 3 = [1.02, 1.36)
-    assert pm.span("last_word", "token") == (5, 6)
-    assert pm.span((1, 2), "token") == (2, 6)  # 0.765-1.785 s overlaps windows 2..5
-    assert pm.word_of_frame("token")[:4] == ["Metropolitan"] * 3 + ["France's"]
+    # window w holds encoder frames 17w..17w+16 and is centred on them: 0.34 w + 0.16 s. A word
+    # covers the windows whose centres it holds (docs/gotchas/frame-rates.md)
+    assert pm.time_s("token")[:5] == pytest.approx([0.16, 0.50, 0.84, 1.18, 1.52])
+    assert pm.span("first_subject_word", "token") == (0, 2)  # 0-0.765 s: windows centred at .16, .50
+    assert pm.span("subject", "token") == (0, 4)  # to 1.27 s → window 3 (centred at 1.18 s)
+    assert pm.span("last_word", "token") == (5, 6)  # window 5 holds real frames 85..97: centred at 1.82 s
+    assert pm.span((1, 2), "token") == (2, 5)  # 0.765-1.785 s holds the centres of windows 2..4
+    assert pm.word_of_frame("token")[:4] == ["Metropolitan"] * 2 + ["France's"] * 2
     ids = batch.input_ids[0]
     s, n = a.audio_slots(ids)
     assert (s, n) == (batch.audio_start[0], 11)

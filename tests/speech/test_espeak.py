@@ -14,10 +14,16 @@ def test_word_timings_monotone_cover_utterance_and_subject_span(espeak):
     u = espeak.synthesize(PROMPT)
     assert u.audio.dtype == np.float32 and u.audio.ndim == 1 and u.sample_rate == SAMPLE_RATE
     assert [w for w, _, _ in u.words] == PROMPT.split()
-    assert u.words[0].start_s == 0.0
-    assert u.words[-1].end_s == pytest.approx(u.duration_s)  # last word ends at end of audio
+    # words start at their WORD events (trimmed to the speech: "Metropolitan" at 0 ms + the
+    # leading silence) and end where their speech ends (issue 14 item 5: spans hold no pauses)
+    raw = EspeakBackend(word_floor_db=None).synthesize(PROMPT)
+    assert raw.words[0].start_s == 0.0 and 0.0 <= u.words[0].start_s < 0.02
+    assert raw.words[-1].end_s == pytest.approx(u.duration_s)  # untrimmed: last word ends at the end
+    assert u.duration_s - 0.02 <= u.words[-1].end_s <= u.duration_s
     for (_, s0, e0), (_, s1, _) in zip(u.words, u.words[1:]):
-        assert s0 < e0 == s1
+        assert s0 < e0 <= s1
+    for (_, s0, e0), (_, s1, e1) in zip(raw.words, u.words):
+        assert s0 <= s1 < e1 <= e0  # trimming only shrinks a word
     first, last = subject_token_range(PROMPT, "Metropolitan France")
     assert (first, last) == (0, 1)
     capital = u.words[2]
