@@ -14,7 +14,9 @@ See ``docs/usage/specs.md``.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field, fields
+import os
+from dataclasses import MISSING, dataclass, field, fields
+from pathlib import Path
 from typing import Any, Union
 
 from .errors import LalmInterpError
@@ -202,10 +204,7 @@ class Experiment:
             sites = _expand(r.at, adapter, "Restore.at")
             n = adapter.n_layers(r.site.stream)
             if r.window > n:
-                raise SpecError(
-                    f"Restore({r.at!r}).window={r.window} is larger than the {n} {r.site.stream} layers of "
-                    f"{adapter.name}; use window <= {n}."
-                )
+                _note_clipped(r, n, adapter.name)
             for s in sites:
                 lo = window_layers(s.layer, r.window, n)[0]
                 first = s.with_layer(lo)
@@ -225,6 +224,17 @@ class Experiment:
         for rd in self.reads:
             _expand(rd.at, adapter, "Read.at")
 
+    def windows(self, n_layers: dict[str, int]) -> dict[str, dict[str, int]]:
+        """The window each restoration family actually uses on a model with ``n_layers`` per stream:
+        ``{label: {"requested": w, "used": min(w, n), "n_layers": n}}``. A window longer than the
+        stack is clipped to it (ROME's rule, see :func:`window_layers`): ``used`` is the largest
+        number of layers any centre restores."""
+        out = {}
+        for r in self.restores:
+            n = int(n_layers[r.site.stream])
+            out[r.label] = {"requested": int(r.window), "used": min(int(r.window), n), "n_layers": n}
+        return out
+
     # ------------------------------------------------------------------ serialisation
     def to_dict(self) -> dict[str, Any]:
         return _to_dict(self)
@@ -233,17 +243,63 @@ class Experiment:
         return json.dumps(self.to_dict(), sort_keys=True)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Experiment":
+    def from_dict(cls, d: dict[str, Any], *, source: str = "the spec") -> "Experiment":
+        """The inverse of :meth:`to_dict`. A wrong kind, a missing or unknown field is a
+        :class:`SpecError` naming ``source`` (a file name) and the field."""
+        if not isinstance(d, dict):
+            raise SpecError(f"{source}: expected a JSON object with the fields of Experiment, got "
+                            f"{type(d).__name__}. Write it with Experiment.to_json().")
         d = dict(d)
-        d.pop("type", None)
-        d["corrupt"] = _from_dict(d["corrupt"])
-        for k in ("restores", "patches", "reads"):
-            d[k] = tuple(_from_dict(x) for x in d.get(k, ()))
-        return cls(**d)
+        kind = d.pop("type", "Experiment")
+        if kind != "Experiment":
+            raise SpecError(f"{source}: top-level \"type\" is {kind!r}; expected \"Experiment\" (a tracing "
+                            "experiment, as written by Experiment.to_json()).")
+        if "corrupt" in d:
+            d["corrupt"] = _from_dict(d["corrupt"], f"{source}: corrupt", expect="Corrupt")
+        for k, kind_of in (("restores", "Restore"), ("patches", "Patch"), ("reads", "Read")):
+            v = d.get(k, ())
+            if not isinstance(v, (list, tuple)):
+                raise SpecError(f"{source}: {k} is {type(v).__name__}; expected a list of {kind_of} objects.")
+            d[k] = tuple(_from_dict(x, f"{source}: {k}[{i}]", expect=kind_of) for i, x in enumerate(v))
+        return _construct(cls, d, source)
 
     @classmethod
-    def from_json(cls, s: str) -> "Experiment":
-        return cls.from_dict(json.loads(s))
+    def from_json(cls, s: str, *, source: str = "the spec JSON") -> "Experiment":
+        """Parse :meth:`to_json`'s output. Malformed JSON is a :class:`SpecError` with its line and column."""
+        try:
+            d = json.loads(s)
+        except json.JSONDecodeError as err:
+            raise SpecError(
+                f"{source}: malformed JSON at line {err.lineno}, column {err.colno}: {err.msg}. "
+                "Fix that spot (a missing comma or quote, a trailing comma), or regenerate the file with "
+                "Experiment.to_json()."
+            ) from None
+        return cls.from_dict(d, source=source)
+
+
+def _construct(cls: type, d: dict[str, Any], where: str) -> Any:
+    import difflib
+
+    names = [f.name for f in fields(cls)]
+    unknown = [k for k in d if k not in names]
+    if unknown:
+        hint = difflib.get_close_matches(unknown[0], names, n=1)
+        raise SpecError(f"{where}: unknown field {unknown[0]!r} for {cls.__name__}"
+                        + (f" (did you mean {hint[0]!r}?)" if hint else "")
+                        + f"; its fields are {names}.")
+    required = [f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING]
+    missing = [k for k in required if k not in d]
+    if missing:
+        raise SpecError(f"{where}: {cls.__name__} is missing the required field {missing[0]!r}; add it "
+                        f"(e.g. \"{missing[0]}\": ...). Required fields of {cls.__name__}: {required}.")
+    try:
+        return cls(**d)
+    except SpecError as err:
+        raise SpecError(f"{where}: {str(err).split(chr(10))[0]}") from err
+    except LalmInterpError as err:  # e.g. a SiteError: keep its page, add the location
+        raise SpecError(f"{where}: {err}") from err
+    except (TypeError, ValueError) as err:
+        raise SpecError(f"{where}: {cls.__name__}({', '.join(d)}) is invalid: {err}.") from err
 
 
 def _check_spans(spans: tuple, what: str) -> None:
@@ -302,22 +358,134 @@ def _tuplify(v: Any) -> Any:
     return v
 
 
-def _from_dict(d: dict[str, Any]) -> Any:
+def _from_dict(d: Any, where: str = "spec", expect: str | None = None) -> Any:
+    if not isinstance(d, dict):
+        raise SpecError(f"{where}: expected a JSON object like {{\"type\": \"{expect or 'Restore'}\", ...}}, "
+                        f"got {type(d).__name__} {d!r:.60}.")
     d = dict(d)
-    cls = _KINDS[d.pop("type")]
-    return cls(**{k: _tuplify(v) for k, v in d.items()})
+    kind = d.pop("type", expect)
+    if kind is None:
+        raise SpecError(f"{where}: no \"type\" field; add one of {list(_KINDS)}.")
+    if kind not in _KINDS:
+        import difflib
+
+        hint = difflib.get_close_matches(str(kind), list(_KINDS), n=1)
+        raise SpecError(f"{where}: unknown spec kind {kind!r}"
+                        + (f" (did you mean {hint[0]!r}?)" if hint else "")
+                        + f"; expected one of {list(_KINDS)}.")
+    if expect is not None and kind != expect:
+        raise SpecError(f"{where}: a {kind} where a {expect} belongs; move it to the right list "
+                        "(corrupt: Corrupt, restores: Restore, patches: Patch, reads: Read).")
+    return _construct(_KINDS[kind], {k: _tuplify(v) for k, v in d.items()}, where)
 
 
-def experiment_from_file(path: str) -> Experiment:
-    """Load ``EXPERIMENT`` from a spec file in ``tracing_specs/`` (plain Python)."""
+SPEC_SUFFIXES = (".py", ".json")
+
+
+def experiment_from_file(path: "str | os.PathLike") -> Experiment:
+    """Load an experiment from a spec file: a Python file defining ``EXPERIMENT = Experiment(...)``
+    (``tracing_specs/``), or a JSON file written by :meth:`Experiment.to_json` (or a run's
+    ``experiment.json``). Every problem is a :class:`SpecError` naming the file, the line where there
+    is one, and the fix (``docs/errors/specs.md``)."""
+    p = Path(path)
+    if not p.exists():
+        near = sorted(q.name for q in p.parent.glob("*.py")) if p.parent.is_dir() else []
+        raise SpecError(
+            f"spec file {str(p)!r} does not exist. Give the path of a Python spec (e.g. "
+            "tracing_specs/hidden_audio.py) or a JSON spec"
+            + (f"; {p.parent}/ has {near[:12]}" if near else "") + "."
+        )
+    if p.is_dir():
+        raise SpecError(f"spec file {str(p)!r} is a folder; give one file in it, e.g. {p}/hidden_audio.py.")
+    if p.suffix not in SPEC_SUFFIXES:
+        raise SpecError(f"spec file {str(p)!r}: unknown spec kind {p.suffix or '(no suffix)'!r}; expected a "
+                        "Python file (.py) defining EXPERIMENT = Experiment(...) or a JSON file (.json) "
+                        "from Experiment.to_json(). Rename or convert it.")
+    if p.suffix == ".json":
+        try:
+            text = p.read_text("utf-8")
+        except (OSError, UnicodeDecodeError) as err:
+            raise SpecError(f"spec file {str(p)!r} cannot be read ({err}); check its permissions and "
+                            "encoding.") from None
+        try:
+            doc = json.loads(text)
+        except json.JSONDecodeError as err:
+            line = text.splitlines()[err.lineno - 1] if 0 < err.lineno <= len(text.splitlines()) else ""
+            raise SpecError(
+                f"spec file {p}, line {err.lineno}, column {err.colno}: malformed JSON ({err.msg})"
+                + (f": {line.strip()[:80]!r}" if line.strip() else "")
+                + ". Fix that spot (a missing comma or quote, a trailing comma), or regenerate the file "
+                "with Experiment.to_json()."
+            ) from None
+        if isinstance(doc, dict) and "experiment" in doc and "name" not in doc:
+            doc = doc["experiment"]  # a run's experiment.json: {"experiment": ..., "provenance": ...}
+        return Experiment.from_dict(doc, source=f"spec file {p}")
+    return _run_python_spec(p)
+
+
+def _run_python_spec(p: Path) -> Experiment:
     import runpy
+    import traceback
 
-    ns = runpy.run_path(str(path))
+    try:
+        ns = runpy.run_path(str(p))
+    except SyntaxError as err:
+        if err.filename and Path(err.filename).resolve() == p.resolve():
+            where = f"spec file {p}, line {err.lineno}"
+        else:
+            where = f"spec file {p} (in {err.filename}, line {err.lineno}, which it imports)"
+        text = (err.text or "").strip()
+        raise SpecError(f"{where}: Python syntax error: {err.msg}" + (f": {text[:80]!r}" if text else "")
+                        + ". Fix the syntax there; python -m py_compile FILE checks it.") from err
+    except SpecError as err:
+        raise SpecError(f"spec file {p}{_spec_line(err, p)}: {str(err).split(chr(10))[0]} Fix the spec there.") from err
+    except (Exception, SystemExit) as err:  # noqa: BLE001 - any error in user code, reported with its line
+        frames = [f for f in traceback.extract_tb(err.__traceback__) if _same(f.filename, p)]
+        loc = f", line {frames[-1].lineno}" if frames else ""
+        code = f": {frames[-1].line.strip()[:80]!r}" if frames and frames[-1].line else ""
+        raise SpecError(
+            f"spec file {p}{loc} raised {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}{code}. "
+            "The file is plain Python run at load time; fix that line (run `python FILE` to see the whole traceback)."
+        ) from err
     exp = ns.get("EXPERIMENT")
     if not isinstance(exp, Experiment):
-        raise SpecError(f"spec file {path} defines no EXPERIMENT = Experiment(...); see tracing_specs/README.md.")
+        got = "nothing" if exp is None else f"a {type(exp).__name__}"
+        raise SpecError(f"spec file {p} defines no EXPERIMENT = Experiment(...) (EXPERIMENT is {got}); assign one "
+                        "at module level, e.g. copy tracing_specs/hidden_audio.py; see tracing_specs/README.md.")
     return exp
 
 
-__all__ = ["Corrupt", "Restore", "Patch", "Read", "Experiment", "SpecError", "window_layers",
+def _same(filename: str, p: Path) -> bool:
+    try:
+        return Path(filename).resolve() == p.resolve()
+    except OSError:  # pragma: no cover
+        return False
+
+
+def _spec_line(err: BaseException, p: Path) -> str:
+    import traceback
+
+    frames = [f for f in traceback.extract_tb(err.__traceback__) if _same(f.filename, p)]
+    return f", line {frames[-1].lineno}" if frames else ""
+
+
+def _note_clipped(r: "Restore", n: int, model: str) -> None:
+    """A window longer than the stack is clipped (ROME's rule), with a note, not an error."""
+    import warnings
+
+    warnings.warn(
+        f"Restore({r.at!r}).window={r.window} is longer than the {n} {r.site.stream} layers of {model}: "
+        f"clipped to the stack (ROME's rule: layers [l - {r.window // 2}, l + {r.window - r.window // 2}) "
+        f"∩ [0, {n}) around each centre l; at most {n} layers). The window used is recorded in the "
+        "results (window_used).",
+        WindowClipped,
+        stacklevel=3,
+    )
+
+
+class WindowClipped(UserWarning):
+    """A ``Restore.window`` longer than the model's stack, clipped to it (a note, not an error)."""
+
+
+__all__ = ["Corrupt", "Restore", "Patch", "Read", "Experiment", "SpecError", "WindowClipped", "window_layers",
            "experiment_from_file"]

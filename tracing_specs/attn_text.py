@@ -6,7 +6,7 @@ from lalm_interp.specs import Corrupt, Experiment, Restore
 CORRUPT = Corrupt(at="audio.conv2", span="subject", noise="gaussian", scale=3.0, seed=0)
 AUDIO_SPANS = ("first_subject_word", "last_subject_word", "last_word")
 TEXT_SPANS = AUDIO_SPANS + ("last_token",)
-WINDOW = 10  # layers restored around each centre layer (cap with `trace run --max-window N`)
+WINDOW = 10  # layers around each centre; clipped to a shorter stack (ROME), or cap: `trace run --max-window N`
 
 EXPERIMENT = Experiment(
     name="attn_text",

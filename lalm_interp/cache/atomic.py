@@ -7,7 +7,9 @@ from __future__ import annotations
 import os
 import socket
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable, Iterator
 
 TMP_SUFFIX = ".tmp"
 """Every temp file ends with this and starts with a dot: ``.NAME.HOST.PID.RAND.tmp``."""
@@ -83,3 +85,96 @@ def write_text_atomic(final: Path, text: str) -> bool:
     tmp = temp_path(final)
     tmp.write_text(text)
     return publish(tmp, final)
+
+
+def _create(path: Path) -> None:
+    """Create ``path`` empty and exclusively, with the mode ``open()`` would give (``0o666 & ~umask``);
+    ``tempfile.mkstemp`` would give ``0o600``, which hides shared results from a user's group."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    os.close(fd)
+
+
+@contextmanager
+def atomic_write(final: "str | os.PathLike", *, clobber: bool = True, durable: bool = True) -> Iterator[Path]:
+    """Write a file atomically: ``with atomic_write(path) as tmp: writer(tmp)``.
+
+    ``tmp`` is a hidden temp name next to ``final`` (:func:`temp_path`, so ``parse_temp`` and
+    :func:`remove_orphan_temps` recognise it), already created with normal permissions
+    (``0o666 & ~umask``, as ``open()`` creates files). When the block ends without an exception the
+    file is fsynced (``durable``) and moved to ``final``: replacing an existing file (``clobber``,
+    ``os.replace``) or not (:func:`publish`'s no-clobber rule). On an exception the temp file is
+    removed and ``final`` is untouched. Writers that recreate the file (``to_netcdf``,
+    ``savefig``) keep the mode, since a process umask applies to them too."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_path(final)
+    _create(tmp)
+    try:
+        yield tmp
+        if clobber:
+            if durable:
+                fsync_file(tmp)
+            os.replace(tmp, final)
+            if durable:
+                fsync_dir(final.parent)
+        else:
+            publish(tmp, final, durable=durable)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_bytes(final: "str | os.PathLike", data: bytes, *, clobber: bool = True, durable: bool = True) -> None:
+    """Atomically write ``data`` to ``final`` with normal permissions (see :func:`atomic_write`)."""
+    with atomic_write(final, clobber=clobber, durable=durable) as tmp:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+
+
+def remove_orphan_temps(folder: "str | os.PathLike", *, legacy: bool = True,
+                        final: "Callable[[str], bool] | None" = None) -> list[Path]:
+    """Delete temp files that a killed writer left in ``folder`` (not recursive) and return them.
+
+    Only our own names are touched: :func:`temp_path`'s ``.NAME.HOST.PID.RAND.tmp`` (skipped while
+    that process is alive on this host, so a concurrent writer is never disturbed) and, with
+    ``legacy``, the ``.NAME.XXXXXXXX.tmp`` names of ``tempfile.mkstemp(prefix=".NAME.")`` that
+    earlier versions used. ``final``: only temps whose final ``NAME`` it accepts (e.g. the file
+    names a run writes). Any other file, hidden or not, is left alone."""
+    import re
+
+    folder = Path(folder)
+    gone: list[Path] = []
+    if not folder.is_dir():
+        return gone
+    host = socket.gethostname().replace(".", "_") or "host"
+    old = re.compile(r"^\.(.+)\.[a-z0-9_]{8}\.tmp$")
+    for p in folder.iterdir():
+        if not p.is_file() or not p.name.endswith(TMP_SUFFIX):
+            continue
+        parsed = parse_temp(p)
+        legacy_match = old.match(p.name) if legacy and parsed is None else None
+        name = parsed[0] if parsed is not None else (legacy_match.group(1) if legacy_match else None)
+        if name is None or (final is not None and not final(name)):
+            continue
+        if parsed is not None:
+            _, h, pid = parsed
+            if h == host and pid != os.getpid() and _alive(pid):
+                continue
+            if h == host and pid == os.getpid():
+                continue  # one of ours, still being written by this very process
+        try:
+            p.unlink()
+            gone.append(p)
+        except FileNotFoundError:
+            pass
+    return gone
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import replace
 
 
 def load_model(name: str):
-    """(model, processor, adapter) for a CLI ``--model``: a name/path for ``lalm_interp.load`` or
-    ``tiny-random`` (a 6+6-layer random Qwen2-Audio, for plumbing checks)."""
+    """(model, processor, adapter) for a CLI ``--model``: ``tiny-random`` (a 6+6-layer random
+    Qwen2-Audio, for plumbing checks) or anything :func:`lalm_interp.load` takes (a registered name
+    such as ``organism``, a checkpoint folder, a hub id). Name resolution, and the error for an
+    unknown name, are ``lalm_interp.loading``'s: this stays a thin call into it."""
     from lalm_interp import adapters
 
     if name == "tiny-random":
@@ -21,13 +24,45 @@ def load_model(name: str):
     return tuple(lalm_interp.load(name))
 
 
+def comma_list(text: str) -> list[str]:
+    """``a,b`` → ``['a', 'b']`` (list options are comma-separated everywhere, as ``bench build --forms``)."""
+    return [t.strip() for t in str(text).split(",") if t.strip()]
+
+
 def run(args) -> int:
+    from lalm_interp.specs import WindowClipped
+
+    # a window longer than the model's stack is clipped (ROME's rule): one short note, not an error
+    with warnings.catch_warnings():
+        warnings.filterwarnings("always", category=WindowClipped)
+        warnings.showwarning = _note_or(warnings.showwarning)
+        return _run(args)
+
+
+def check_forms(forms: tuple[str, ...], bench) -> None:
+    """Every ``--forms`` value must be a form of the benchmark (a typo would trace nothing)."""
+    import difflib
+
+    from lalm_interp.specs import SpecError
+
+    have = sorted({it.form for it in bench})
+    for f in forms:
+        if f not in have:
+            hint = difflib.get_close_matches(f, have, n=1)
+            raise SpecError(f"--forms {f!r}: the benchmark {bench.root} has forms {have}"
+                            + (f"; did you mean {hint[0]!r}?" if hint else ".")
+                            + " Give a comma-separated list of them, e.g. --forms prompt,subject.")
+
+
+def _run(args) -> int:
     from lalm_interp.bench.store import Benchmark
-    from lalm_interp.specs import experiment_from_file
-    from lalm_interp.tracing.run import prompts_from_bench, run_experiment
+    from lalm_interp.specs import SpecError, experiment_from_file
+    from lalm_interp.tracing.run import benchmark_id, prompts_from_bench, run_experiment
 
     exp = experiment_from_file(args.spec)
     if args.max_window is not None:
+        if args.max_window < 1:
+            raise SpecError(f"--max-window {args.max_window}: give a window of at least 1 layer.")
         exp = replace(exp, restores=tuple(replace(r, window=min(r.window, args.max_window)) for r in exp.restores))
     from lalm_interp.executors import from_cli
 
@@ -41,7 +76,9 @@ def run(args) -> int:
     fact_ids = None
     if args.facts:
         fact_ids = [l.strip() for l in open(args.facts) if l.strip()]
-    prompts = prompts_from_bench(bench, forms=tuple(args.forms), limit=args.limit, fact_ids=fact_ids)
+    forms = tuple(f for group in args.forms for f in comma_list(group))
+    check_forms(forms, bench)
+    prompts = prompts_from_bench(bench, forms=forms, limit=args.limit, fact_ids=fact_ids)
     store = None
     if exp.reads:
         from lalm_interp.cache import Store
@@ -49,9 +86,10 @@ def run(args) -> int:
         store = Store(args.cache)
     try:
         agg = run_experiment(model, processor, adapter, prompts, exp, args.out,
-                             provenance={"model": args.model, "dataset": str(args.bench)}, store=store,
+                             provenance={"model": args.model, "dataset": str(args.bench),
+                                         "benchmark": benchmark_id(args.bench)}, store=store,
                              progress=not args.no_progress, executor=executor,
-                             shard_size=getattr(args, "shard_size", None))
+                             shard_size=getattr(args, "shard_size", None), new_run=args.new_run)
     finally:
         if executor is not None:
             executor.close()
@@ -59,8 +97,11 @@ def run(args) -> int:
 
     summary = {
         "examples": int(agg.sizes["example"]),
-        "p_clean": float(agg["p_clean"].mean()),
-        "p_corrupt": float(agg["p_corrupt"].mean()),
+        "skipped": int(agg.attrs.get("n_skipped", 0)),
+        "traced_now": int(agg.attrs.get("n_traced_now", 0)),
+        "window_used": json.loads(agg.attrs.get("window_used", "{}")),
+        "p_clean": float(f'{float(agg["p_clean"].mean()):.4g}'),
+        "p_corrupt": float(f'{float(agg["p_corrupt"].mean()):.4g}'),
         "peak_layer": {
             f"{fam}/{span}": int(np.nanargmax(agg["aie"].sel(family=fam, span=span).values))
             for fam in map(str, agg["family"].values)
@@ -73,6 +114,26 @@ def run(args) -> int:
     return 0
 
 
+def _note_or(show):
+    """``warnings.showwarning`` that prints a :class:`WindowClipped` as a one-line note on stderr
+    (no file/line clutter) and hands every other warning to ``show``."""
+    import sys
+
+    from lalm_interp.specs import WindowClipped
+
+    seen: set[str] = set()
+
+    def note(message, category, *args, **kwargs) -> None:
+        if isinstance(category, type) and issubclass(category, WindowClipped):
+            if str(message) not in seen:
+                seen.add(str(message))
+                print(f"lalm-interp: note: {message}", file=sys.stderr, flush=True)
+        else:
+            show(message, category, *args, **kwargs)
+
+    return note
+
+
 def register(sub) -> None:
     p = sub.add_parser("trace", help="speech-aware causal tracing")
     tsub = p.add_subparsers(dest="trace_command", metavar="SUBCOMMAND")
@@ -82,10 +143,15 @@ def register(sub) -> None:
     r.add_argument("--bench", required=True, help="benchmark folder (lalm-interp bench build)")
     r.add_argument("--out", required=True, help="output folder (resumable)")
     r.add_argument("--limit", type=int, default=None, help="trace at most N prompts")
-    r.add_argument("--forms", nargs="+", default=["prompt"], help="benchmark forms to trace (default: prompt)")
+    r.add_argument("--forms", nargs="+", default=["prompt"], metavar="FORMS",
+                   help="comma-separated benchmark forms to trace, e.g. prompt,paraphrase (default: prompt)")
     r.add_argument("--facts", default=None, help="file with one fact id per line (e.g. known facts)")
     r.add_argument("--max-window", type=int, default=None,
-                   help="cap every Restore.window at N layers (the paper's 10 on a 6-layer model: use 3)")
+                   help="cap every Restore.window at N layers (a window longer than the model's stack is "
+                        "clipped to it anyway, ROME's rule; the window used is in aie.nc and experiment.json)")
+    r.add_argument("--new-run", action="store_true",
+                   help="--out holds another run (other model, weights, benchmark or spec): move its files to "
+                        "OUT/quarantine/previous-run.<time>/ and start afresh instead of refusing")
     r.add_argument("--cache", default=None, help="cache root for Read specs (default $LALM_INTERP_CACHE or ./cache)")
     r.add_argument("--no-progress", action="store_true")
     from lalm_interp.executors import add_cli_options

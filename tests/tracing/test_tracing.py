@@ -140,7 +140,9 @@ def test_trace_example_result_is_labelled(tiny_deep):
     each = ds["ie:audio.attn.each"]
     assert each.shape == (6, 98)  # 1.95 s → 195 mel → 98 encoder frames
     assert ds["word:audio.attn.each"].values[0] == "Metropolitan"
-    assert float(ds["time_s:audio.attn.each"].values[0]) == pytest.approx(0.01)
+    # encoder frame j is centred at 0.02 j s (mel frames are centred; rates.py, docs/gotchas/frame-rates.md)
+    assert float(ds["time_s:audio.attn.each"].values[0]) == pytest.approx(0.0)
+    assert float(ds["time_s:audio.attn.each"].values[1]) == pytest.approx(0.02)
     assert ds["is_subject:audio.attn.each"].values[:64].all() and not ds["is_subject:audio.attn.each"].values[64:].any()
     assert Experiment.from_json(ds.attrs["experiment"]) == exp
     agg = aggregate([ds, ds], exp)
@@ -164,7 +166,6 @@ def test_reads_record_values(tiny_deep):
     "exp, needle",
     [
         (Experiment("e", restores=(Restore("text.layers.*.ffn"),)), "matches nothing"),
-        (Experiment("e", restores=(Restore("text.layers.*.mlp", window=7),)), "larger than the 6 text layers"),
         (Experiment("e", corrupt=Corrupt(at="audio.layers.3.resid"), restores=(Restore("audio.layers.*.resid", window=1),)),
          "runs before the corruption"),
         (Experiment("e", restores=(Restore("audio.layers.*.mlp", window=3, positions=("last_token",)),)), "text position"),
@@ -181,6 +182,22 @@ def test_bad_specs_fail_before_compute(tiny_deep, exp, needle):
     finally:
         h.remove()
     assert calls == []
+
+
+def test_window_longer_than_the_stack_is_clipped_not_refused(tiny_deep):
+    """ROME's rule (Restore's docstring): the window is centred on each layer and clipped at both
+    ends of the stack; a window longer than the stack is a note (WindowClipped), not an error."""
+    from lalm_interp.specs import WindowClipped
+
+    model, processor, a = tiny_deep
+    exp = Experiment("e", restores=(Restore("text.layers.*.mlp", window=7, positions=("last_token",)),))
+    with pytest.warns(WindowClipped, match="window=7 is longer than the 6 text layers"):
+        ds = trace_example(model, processor, a, prompt(), exp)
+    rows = Prepared(model, processor, a, prompt(), exp).rows(exp.restores[0])
+    assert [[e.site.layer for e in r.edits] for r in rows] == [window_layers(l, 7, 6) for l in range(6)]
+    assert [len(r.edits) for r in rows] == [4, 5, 6, 6, 5, 4]
+    assert np.isfinite(ds["ie:text.mlp"].values).all()
+    assert exp.windows({"audio": 6, "text": 6}) == {"text.mlp": {"requested": 7, "used": 6, "n_layers": 6}}
 
 
 def test_span_in_padding_is_a_clear_error(tiny_deep):
