@@ -8,20 +8,12 @@ from dataclasses import replace
 
 
 def load_model(name: str):
-    """(model, processor, adapter) for a CLI ``--model``: ``tiny-random`` (a 6+6-layer random
-    Qwen2-Audio, for plumbing checks) or anything :func:`lalm_interp.load` takes (a registered name
-    such as ``organism``, a checkpoint folder, a hub id). Name resolution, and the error for an
-    unknown name, are ``lalm_interp.loading``'s: this stays a thin call into it."""
-    from lalm_interp import adapters
-
-    if name == "tiny-random":
-        from lalm_interp.models.tiny import TinyConfig, tiny_qwen2_audio
-
-        model, processor = tiny_qwen2_audio(TinyConfig(audio_layers=6, text_layers=6, seed=1))
-        return model, processor, adapters.for_model(model, processor)
+    """(model, processor, adapter) for a CLI ``--model``: anything :func:`lalm_interp.load` takes
+    (``organism``, ``tiny-random``, a checkpoint folder, a hub id). Name resolution, and the error
+    for an unknown name, are ``lalm_interp.loading``'s: this stays a thin call into it."""
     import lalm_interp
 
-    return tuple(lalm_interp.load(name))
+    return tuple(lalm_interp.load(name))[:3]
 
 
 def comma_list(text: str) -> list[str]:
@@ -59,6 +51,9 @@ def _run(args) -> int:
     from lalm_interp.specs import SpecError, experiment_from_file
     from lalm_interp.tracing.run import benchmark_id, prompts_from_bench, run_experiment
 
+    from lalm_interp.loading import resolve_source
+
+    resolve_source(args.model)  # an unknown or unreachable --model fails before anything is read
     exp = experiment_from_file(args.spec)
     if args.max_window is not None:
         if args.max_window < 1:

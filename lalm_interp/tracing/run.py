@@ -523,8 +523,8 @@ def positions_for(prep: Prepared, stage: str, T: int) -> Any:
                          valid=np.array([[bool(m) for m in prep.inputs["attention_mask"][0, :T].tolist()]]))
     n = prep.pm.n_frames(stage)
     s0, s1 = prep.pm.span("subject", stage)
-    times = [prep.adapter.rate_chain.frame_to_seconds(stage, j) for j in range(T)]
-    return Positions(time_s=np.array([[(a + b) / 2 for a, b in times]]),
+    chain = prep.adapter.rate_chain  # frame centres (docs/gotchas/frame-rates.md), padding frames too
+    return Positions(time_s=np.array([[chain.centre_s(stage, j, prep.pm.n_mel) for j in range(T)]]),
                      is_subject=np.array([[s0 <= j < s1 for j in range(T)]]),
                      valid=np.array([[j < n for j in range(T)]]))
 
