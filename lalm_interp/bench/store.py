@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
@@ -45,22 +44,13 @@ def clip_key(text: str, rendition: Rendition | str, backend_version: str) -> str
 
 
 def atomic_write_bytes(path: Path, data: bytes, *, fsync: bool = True) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same folder + ``os.replace``, so
-    readers see the old file or the new one, never a partial one. ``fsync`` also flushes the data
-    to disk before the rename (survives power loss, ~10 ms per file); clips skip it — a lost clip
-    is resynthesised by the next build."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            if fsync:
-                fh.flush()
-                os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write ``data`` to ``path`` atomically with normal permissions (``0o666 & ~umask``): readers
+    see the old file or the new one, never a partial one (:func:`lalm_interp.cache.atomic.write_bytes`).
+    ``fsync`` also flushes the data to disk before the rename (survives power loss, ~10 ms per
+    file); clips skip it — a lost clip is resynthesised by the next build."""
+    from ..cache.atomic import write_bytes
+
+    write_bytes(path, data, durable=fsync)
 
 
 def atomic_write_jsonl(path: Path, rows: Iterable[dict]) -> None:

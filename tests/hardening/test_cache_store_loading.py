@@ -496,3 +496,18 @@ def test_clip_store_keeps_full_scale_audio(tmp_path):
     x = np.array([-1.0, -0.5, 0.0, 0.5, 1.0], dtype=np.float32)
     store.put("k", x, {"text": "x"})
     assert np.allclose(store.audio("k"), x, atol=2 ** -22)
+
+
+def test_benchmark_files_are_shared_with_normal_permissions(tmp_path):
+    """Benchmark manifests, clips and edit-run case files (all written through
+    bench.store.atomic_write_bytes) used to be 0600 (mkstemp); they follow the umask now."""
+    from lalm_interp.bench.store import ClipStore, atomic_write_json
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_json(tmp_path / "benchmark.json", {"format": 1})
+        ClipStore(tmp_path).put("k", np.zeros(160, dtype=np.float32), {"text": "x"})
+    finally:
+        os.umask(old)
+    files = [tmp_path / "benchmark.json", *ClipStore(tmp_path).paths("k")]
+    assert [oct(p.stat().st_mode & 0o777) for p in files] == ["0o644"] * 3
