@@ -9,7 +9,9 @@ utterance is synthesised in a freshly forked child of a parent that loaded the l
 synthesised. That output is bit-exact. See ``docs/gotchas/tts-determinism.md``.
 
 Post-processing rule (the same for every utterance): 22,050 Hz int16 → float32 in [-1, 1) →
-16 kHz (``scipy.signal.resample_poly``, 320/441) → trailing silence trimmed (everything after the
+16 kHz (``scipy.signal.resample_poly``, 320/441) → clipped to [-1, 1] (the resampler's ringing
+can overshoot full scale by a few samples; benchmark clips were always stored clipped, so stored
+clips are unchanged) → trailing silence trimmed (everything after the
 last sample with ``|x| > trim_threshold``, but never earlier than ``min_last_word_s`` after the last
 word's onset) → word spans from the WORD and PHONEME events (:func:`.tokens.events_to_spans`; a word
 espeak-ng speaks together with its neighbour starts at its first phoneme) → each word trimmed to the
@@ -268,7 +270,7 @@ class EspeakBackend:
             raise SpeechError(f"espeak-ng produced no {'audio' if len(raw) == 0 else 'word events'} "
                               f"for {text!r} ({rendition}).\n  expected: speakable words\n"
                               "  fix: check the text contains words, not only punctuation")
-        audio = resample(raw.astype(np.float32) / 32768.0, rate)
+        audio = np.clip(resample(raw.astype(np.float32) / 32768.0, rate), -1.0, 1.0)
         tokens = whitespace_tokens(text)
         ev = [(pos - 1, ms / 1000.0) for pos, ms in events]
         last_onset = max(t for _, t in ev)
