@@ -154,6 +154,140 @@ def peak_layers(agg) -> dict[str, dict[str, int]]:
     return out
 
 
+def peaks(agg) -> dict[str, dict[str, Any]]:
+    """Per family (``audio.mlp``, …): the word position and layer with the largest AIE, and its value."""
+    out: dict[str, dict[str, Any]] = {}
+    for fam in map(str, agg["family"].values):
+        best = None
+        for span in map(str, agg["span"].values):
+            y = agg["aie"].sel(family=fam, span=span).values
+            if np.isfinite(y).any():
+                j = int(np.nanargmax(y))
+                if best is None or y[j] > best["aie"] + 1e-12:
+                    best = {"span": span, "layer": j, "aie": float(y[j])}
+                elif abs(y[j] - best["aie"]) <= 1e-12 and j == best["layer"]:  # a tie (one-word subjects)
+                    best["span"] += f" = {span}"
+        if best is not None:
+            out[fam] = best
+    return out
+
+
+KIND_WORDS = {"resid": "hidden state", "mlp": "MLP", "attn": "attention"}
+
+
+def _layers_text(sites: list[str]) -> str:
+    """``["audio.layers.1.mlp.down", "text.layers.2.mlp.down"]`` → ``audio 1 · text 2``."""
+    by: dict[str, list[str]] = {}
+    for s in sites:
+        parts = str(s).split(".")
+        if len(parts) > 2 and parts[1] == "layers":
+            by.setdefault(parts[0], []).append(parts[2])
+        else:
+            by.setdefault(str(s), [])
+    return " · ".join(f"{k} {','.join(v)}".strip() for k, v in by.items()) or "–"
+
+
+def _span_text(span: str) -> str:
+    """``first_subject_word = last_subject_word`` → ``first = last subject word``."""
+    parts = [p.strip() for p in span.split("=")]
+    if parts == ["first_subject_word", "last_subject_word"]:
+        return "first = last subject word"
+    return " = ".join(p.replace("_", " ") for p in parts)
+
+
+def best_row(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    edited = [r for r in rows if r.get("method") != "Unedited" and r.get("score") is not None]
+    return max(edited, key=lambda r: r["score"]) if edited else None
+
+
+def findings(summary: dict[str, Any]) -> str:
+    """The page's opening paragraph, generated from the results: the corruption's effect, the peak
+    layer per stream and module, the best editor against the unedited model."""
+    from .report import fmt
+
+    tr = summary.get("trace", {})
+    parts = [f"Corrupting the subject's audio drops P(object) from {fmt(tr.get('p_clean'), 3)} to "
+             f"{fmt(tr.get('p_corrupt'), 3)} (mean over n={tr.get('examples', 0)} known facts)."]
+    pk = tr.get("peaks", {})
+    for stream in ("audio", "text"):
+        bits = []
+        for fam, p in pk.items():
+            st, _, kind = fam.partition(".")
+            if st != stream:
+                continue
+            bits.append(f"{KIND_WORDS.get(kind, kind)} layer {p['layer']} "
+                        f"({_span_text(p['span'])}, AIE {fmt(p['aie'], 2)})")
+        if bits:
+            name = "audio encoder" if stream == "audio" else "text decoder"
+            parts.append(f"In the {name}, restoring helps most at: " + "; ".join(bits) + ".")
+    rows = summary.get("table1_rows") or []
+    best = best_row(rows)
+    if best is not None:
+        base = next((r for r in rows if r.get("method") == "Unedited"), None)
+        n = best.get("n_cases")
+        parts.append(
+            f"Best editor: {best['modality']} {best['method']} ({best.get('editor', '?')} at "
+            f"{_layers_text(best.get('sites', []))}), Score {fmt(best['score'])} (ES {fmt(best.get('es'))}, "
+            f"PS {fmt(best.get('ps'))}, NS {fmt(best.get('ns'))})"
+            + (f" against {fmt(base.get('score'))} unedited" if base else "")
+            + (f", over n={n} edit cases." if n is not None else "."))
+    elif summary.get("table1_rows") is not None:
+        parts.append("Editing was not run.")
+    if tr.get("examples", 0) and tr["examples"] < 20:
+        parts.append("Few examples: read the 95% bands in Figure 2 before trusting a peak.")
+    return " ".join(parts)
+
+
+TABLE1_CAPTION = (
+    "ES (efficacy): % of edit cases where the edited model prefers the new object over the true one on "
+    "the edit prompt. PS (generalisation): the same on paraphrased prompts (per case, then averaged). "
+    "NS (specificity): % of neighbourhood prompts — other subjects with the same relation and true "
+    "object — where the true object is still preferred. Score: the harmonic mean of ES, PS and NS. "
+    "n: edit cases per row (the same cases in every row); n para. / n neigh.: paraphrase / neighbourhood "
+    "prompts scored (prompts longer than the encoder window are left out, never truncated). "
+    "Edited layers: the top-1 (single-layer) or top-3 (multi-layer) MLP layers by AIE from the "
+    "tracing above, per stream. Reached: % of cases whose edit prompt is answered with the new object "
+    "by greedy decoding. ‖ΔW‖/‖W‖: median relative size of the weight change.")
+
+OPTIONAL_COLUMNS = (("n_paraphrase", "n para."), ("n_neighbourhood", "n neigh."), ("reached", "Reached"),
+                    ("dW_rel_median", "‖ΔW‖/‖W‖"))
+"""Per-row fields of results.json's ``table1_rows`` shown when present (from ``evaluation.summarise``
+/ ``edit_sizes``): key, column header."""
+
+
+def table1_table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[Any]]]:
+    """Header and rows of the page's Table 1: modality, method, editor, edited layers, n, metrics,
+    and the optional measured columns that any row carries."""
+    extra = [(k, h) for k, h in OPTIONAL_COLUMNS if any(r.get(k) is not None for r in rows)]
+    header = ["Mod.", "Method", "Editor", "Edited layers", "n", "Score", "ES", "PS", "NS"] + [h for _, h in extra]
+    body = []
+    for r in rows:
+        dw = r.get("dW_rel_median")
+        cells = [r.get("modality", ""), r.get("method", ""), r.get("editor", "-"), _layers_text(r.get("sites") or []),
+                 r.get("n_cases"), r.get("score"), r.get("es"), r.get("ps"), r.get("ns")]
+        for k, _ in extra:
+            v = r.get(k)
+            cells.append(f"{dw:.2g}" if k == "dW_rel_median" and isinstance(dw, (int, float)) else v)
+        body.append(cells)
+    return header, body
+
+
+def run_table(cfg: "DemoConfig", summary: dict[str, Any]) -> str:
+    """The "Run" section: what ran and how long each stage took, as a small table."""
+    from . import report
+
+    st = summary.get("stages_s", {})
+    items: list[tuple[str, object]] = [
+        ("model", cfg.model), ("voice (rendition)", summary.get("rendition", "")),
+        ("facts spoken", summary.get("facts")), ("known (traced from)", summary.get("known")),
+        ("prompts longer than the window (left out)", summary.get("prompts_longer_than_window")),
+        ("window (layers restored per centre)", cfg.window), ("seed", cfg.seed)]
+    items += [(name, f"{float(t):.1f} s") for name, t in st.items()]
+    if st:
+        items.append(("total", f"{float(sum(st.values())):.1f} s"))
+    return report.kv_table(items)
+
+
 def spectrogram_heatmap(cfg: DemoConfig, prompt) -> Path:
     import xarray as xr
 
@@ -169,32 +303,37 @@ def write_report(cfg: DemoConfig, summary: dict[str, Any], table_md: str, prompt
 
     out = Path(cfg.out)
     t = summary.get("table1_rows", [])
+    tr = summary["trace"]
     sections = [
         report.Section(
             "Example: where does the model read the subject?",
             html=(f"<p>Clip: “{prompt_text(prompt)}” → <b>{prompt.target}</b>. The heatmap shows the indirect "
                   "effect of restoring each encoder frame's hidden state (one layer at a time) after the "
-                  "subject frames were corrupted at conv2 with 3σ noise, drawn over the spectrogram; dashed "
-                  "lines mark word starts.</p>"),
+                  "subject frames were corrupted at conv2 with 3σ noise, drawn over the spectrogram: red helps, "
+                  "blue hurts, white is no effect; dashed lines mark word starts, the dashed box the corrupted "
+                  "subject.</p>"),
             audio=[(prompt.audio, "the traced clip (16 kHz, espeak-ng)")],
             figures=[(out / "heatmap_spectrogram.png", "layer × time heatmap over the spectrogram"),
-                     (out / "heatmap" / "heatmap_text.resid.each.png", "text decoder: layer × position")],
+                     (out / "heatmap" / "heatmap_text.resid.each.png",
+                      "text decoder: layer × position (chat template grouped, audio tokens by spoken word)")],
         ),
         report.Section(
             "Figure 2: average indirect effect per layer",
-            html=f"<p>{summary['trace']['examples']} known facts; P_clean {summary['trace']['p_clean']:.3f}, "
-                 f"P_corrupt {summary['trace']['p_corrupt']:.3f}.</p>",
+            html=f"<p>n={tr['examples']} known facts; P_clean {report.fmt(tr['p_clean'], 3)}, "
+                 f"P_corrupt {report.fmt(tr['p_corrupt'], 3)}. Each point restores a window of {cfg.window} "
+                 "layers centred on the layer; shaded: bootstrap 95% interval over examples.</p>",
             figures=[(out / "trace" / "figure2.png", "AIE vs layer, per stream and module kind")],
         ),
         report.Section(
             "Table 1: editing",
-            table=(["Mod.", "Method", "Score", "ES", "PS", "NS"], [
-                [r["modality"], r["method"], r["score"], r["es"], r["ps"], r["ns"]] for r in t]),
+            table=table1_table(t) if t else None,
+            caption=TABLE1_CAPTION if t else "",
             html="<pre>" + table_md.replace("<", "&lt;") + "</pre>" if not t else "",
         ),
-        report.Section("Run", html="<pre>" + json.dumps(summary["stages_s"], indent=1) + "</pre>"),
+        report.Section("Run", html=run_table(cfg, summary)),
     ]
     return report.write(out / "index.html", "lalm-interp demo: spoken facts in a tiny Qwen2-Audio", sections,
+                        found=findings(summary),
                         intro=f"Model: {cfg.model}. Everything here was computed offline by <code>lalm-interp demo</code>.")
 
 
@@ -231,13 +370,17 @@ def run(cfg: DemoConfig, *, edit_fn=None) -> dict[str, Any]:
         "known": len(known),
         "prompts_longer_than_window": too_long,
         "trace": {"examples": int(agg.sizes["example"]), "p_clean": float(agg["p_clean"].mean()),
-                  "p_corrupt": float(agg["p_corrupt"].mean()), "peak_layer": peak_layers(agg)},
+                  "p_corrupt": float(agg["p_corrupt"].mean()), "peak_layer": peak_layers(agg),
+                  "peaks": peaks(agg)},
         "table1_rows": table_rows,
         "stages_s": st.times,
     }
-    (out / "table1.md").write_text(table_md or "(editing not run)\n")
-    (out / "results.json").write_text(json.dumps(summary, indent=2))
+    from .report import write_text
+
+    write_text(out / "table1.md", table_md or "(editing not run)\n")
+    write_text(out / "results.json", json.dumps(summary, indent=2))
     st.run("report", write_report, cfg, summary, table_md, prompts[0])
     summary["stages_s"] = st.times
-    (out / "results.json").write_text(json.dumps(summary, indent=2))
+    summary["found"] = findings(summary)
+    write_text(out / "results.json", json.dumps(summary, indent=2))
     return summary

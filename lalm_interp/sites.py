@@ -18,6 +18,7 @@ is expanded against an adapter by :func:`expand` into concrete sites in forward 
 
 from __future__ import annotations
 
+import difflib
 import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterable, Union
@@ -61,6 +62,14 @@ class Range:
 
 
 Seg = Union[str, int, Star, Range]
+
+def suggest(wrong: str, valid: Iterable[str], *, n: int = 3, cutoff: float = 0.6) -> str:
+    """`` Did you mean 'x'?`` (or ``'x' or 'y'``) for the closest valid names, else ``""``."""
+    close = difflib.get_close_matches(str(wrong), [str(v) for v in valid], n=n, cutoff=cutoff)
+    if not close:
+        return ""
+    return " Did you mean " + " or ".join(repr(c) for c in close) + "?"
+
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _INT = re.compile(r"-?\d+\Z")
@@ -151,7 +160,8 @@ def parse(text: "str | Site") -> Site:
     if "@" in text:
         body, port = text.rsplit("@", 1)
         if port not in PORTS:
-            raise SiteError(f"site {whole!r}: port {port!r} is not one of {list(PORTS)}.")
+            raise SiteError(f"site {whole!r}: port {port!r} is not one of {list(PORTS)}."
+                            + suggest(port, PORTS, cutoff=0.3))
     parts = body.split(".")
     if not body or any(p == "" for p in parts):
         raise SiteError(f"site {whole!r} has an empty segment; write e.g. 'audio.layers.3.attn'.")
@@ -160,6 +170,7 @@ def parse(text: "str | Site") -> Site:
         raise SiteError(
             f"site {whole!r}: unknown stream {stream!r}; a site starts with one of {list(STREAMS)} "
             "(e.g. 'audio.conv2', 'proj', 'text.layers.10.resid')."
+            + _fix_stream(stream, parts, port)
         )
     return Site(stream, tuple(_parse_seg(p, whole) for p in parts[1:]), port)
 
@@ -196,6 +207,9 @@ def expand(pattern: "str | Site | Iterable[str | Site]", adapter: "Adapter") -> 
     if p.stream not in adapter.streams:
         raise SiteError(
             f"site {p}: adapter {adapter.name!r} has no stream {p.stream!r}; it has {list(adapter.streams)}."
+            + suggest(str(Site(adapter.streams[0], p.path, p.port)) if len(adapter.streams) == 1 else p.stream,
+                      [str(s) for s in adapter.all_sites()] if len(adapter.streams) == 1 else adapter.streams,
+                      n=1, cutoff=0.3)
         )
     n = adapter.n_layers(p.stream) if p.is_layer_site else None
     # An explicit layer index must exist: say so rather than 'no match'.
@@ -218,9 +232,32 @@ def expand(pattern: "str | Site | Iterable[str | Site]", adapter: "Adapter") -> 
         known = sorted({_shape_of(s) for s in adapter.all_sites() if s.stream == p.stream})
         raise SiteError(
             f"site {p} matches nothing on {adapter.name}. Sites of stream {p.stream!r} look like: "
-            + ", ".join(known)
+            + ", ".join(known) + "." + _closest_site(p, adapter)
         )
     return sorted(found, key=adapter.forward_rank)
+
+
+def _fix_stream(stream: str, parts: list[str], port: str) -> str:
+    """`` Did you mean 'text.layers.1.mlp'?`` for ``txt.layers.1.mlp`` (the closest stream)."""
+    best = difflib.get_close_matches(stream, STREAMS, n=1, cutoff=0.5)
+    if not best:
+        return ""
+    fixed = ".".join([best[0], *parts[1:]]) + ("" if port == "out" else f"@{port}")
+    return f" Did you mean {fixed!r}?"
+
+
+def _closest_site(p: Site, adapter: "Adapter") -> str:
+    """`` Did you mean …?`` with the adapter's sites closest to ``p``, compared on the part after
+    the layer index (which is kept: ``text.layers.1.mlpdown`` → ``text.layers.1.mlp.down``,
+    ``text.layers.*.mlp.dwn@in`` → ``text.layers.*.mlp.down@in``); empty when nothing is close."""
+    own = [s for s in adapter.all_sites() if s.stream == p.stream]
+    if p.is_layer_site and len(p.path) >= 2:
+        head = f"{p.stream}.layers.{p.path[1]}."
+        rest = str(Site(p.stream, p.path[2:], p.port))[len(p.stream) + 1:]
+        tails = sorted({str(Site(s.stream, s.path[2:], s.port))[len(s.stream) + 1:] for s in own if s.is_layer_site})
+        close = difflib.get_close_matches(rest, tails, n=3, cutoff=0.6)
+        return (" Did you mean " + " or ".join(repr(head + t) for t in close) + "?") if close else ""
+    return suggest(str(p), sorted({_shape_of(s) for s in own}), cutoff=0.6)
 
 
 def _shape_of(s: Site) -> str:

@@ -35,8 +35,11 @@ def get(name_or_model_type: str) -> AdapterSpec:
     for spec in specs.values():
         if name_or_model_type in spec.model_types:
             return spec
+    from ..sites import suggest
+
+    names = list(dict.fromkeys(list(specs) + [t for s in specs.values() for t in s.model_types]))
     raise AdapterError(
-        f"no adapter for {name_or_model_type!r}; registered: "
+        f"no adapter for {name_or_model_type!r}.{suggest(name_or_model_type, names, cutoff=0.5)} Registered: "
         + ", ".join(f"{n} (model types {list(s.model_types)})" for n, s in specs.items())
         + ". Write one (docs/patterns/write-an-adapter.md) and register it."
     )

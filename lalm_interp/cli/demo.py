@@ -1,8 +1,9 @@
-"""``lalm-interp demo [--quick] [--out DIR]``: the whole pipeline on the embedded organism."""
+"""``lalm-interp demo [--quick] [--out DIR]``: the whole pipeline on the embedded organism.
+
+Ends with a short, rounded summary (what we found, Table 1, stage times) and the outputs' names;
+the full numbers are in ``results.json``."""
 
 from __future__ import annotations
-
-import json
 
 
 def run(args) -> int:
@@ -16,10 +17,34 @@ def run(args) -> int:
     except ImportError:  # editors not installed in this build
         pass
     summary = run_demo(cfg, edit_fn=edit_fn)
-    print(json.dumps({k: summary[k] for k in ("facts", "known", "trace", "stages_s")}, indent=2))
+    print(summary_text(summary))
     print(f"\nwrote {cfg.out}/index.html, {cfg.out}/table1.md, {cfg.out}/results.json, "
           f"{cfg.out}/trace/ (aie.nc, figure2.png), {cfg.out}/heatmap_spectrogram.png")
     return 0
+
+
+def summary_text(summary: dict) -> str:
+    """The closing summary, numbers rounded for reading (``Score 63.42``, ``P_clean 0.878``)."""
+    from lalm_interp.demo import _span_text
+    from lalm_interp.report import fmt
+
+    tr = summary["trace"]
+    lines = [f"facts {summary['facts']}, known {summary['known']}, traced {tr['examples']}: "
+             f"P_clean {fmt(tr['p_clean'], 3)}, P_corrupt {fmt(tr['p_corrupt'], 3)}"]
+    for fam, p in tr.get("peaks", {}).items():
+        lines.append(f"  peak {fam:<12} layer {p['layer']} at {_span_text(p['span'])} (AIE {fmt(p['aie'])})")
+    rows = summary.get("table1_rows") or []
+    if rows:
+        lines.append("Table 1:")
+        for r in rows:
+            lines.append(f"  {r['modality']:<6}{r['method']:<13}Score {fmt(r['score']):>6}  ES {fmt(r['es']):>6}  "
+                         f"PS {fmt(r['ps']):>6}  NS {fmt(r['ns']):>6}" + (
+                             f"  n={r['n_cases']}" if r.get("n_cases") is not None else ""))
+    st = summary.get("stages_s", {})
+    lines.append("stages: " + ", ".join(f"{k} {v:.1f} s" for k, v in st.items()))
+    if summary.get("found"):
+        lines.append("\n" + summary["found"])
+    return "\n".join(lines)
 
 
 def register(sub) -> None:

@@ -11,6 +11,8 @@ exists, so a retry never recomputes (or duplicates) completed items. See docs/us
 from __future__ import annotations
 
 import collections
+import logging
+import os
 import time
 from typing import Any, Callable, Sequence
 
@@ -45,6 +47,11 @@ def _ray() -> Any:
     return ray
 
 
+QUIET_INIT: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.WARNING}
+"""``ray.init`` defaults that keep Ray's banners, INFO lines and workers' ANSI-prefixed logs out of
+normal output (user ``init=`` values win)."""
+
+
 class RayExecutor:
     """Shard functions on a pool of Ray actors, each holding one model.
 
@@ -59,6 +66,9 @@ class RayExecutor:
     device, dtype: where/how each worker loads the model (``auto``: CUDA if the actor has a GPU).
     init: extra ``ray.init`` keyword arguments when this executor starts Ray (e.g. ``num_cpus=2``,
         ``include_dashboard=False``, ``_temp_dir=...``); a Ray started here is shut down on close.
+        By default Ray stays quiet (:data:`QUIET_INIT`: no start-up banner, workers' output — with
+        its coloured ``(pid=…)`` prefixes — not copied to the driver; errors still arrive as
+        exceptions). ``init={"log_to_driver": True}`` shows the workers' output again.
     """
 
     name = "ray"
@@ -97,7 +107,9 @@ class RayExecutor:
         ray = _ray()
         if not ray.is_initialized():
             # starting a cluster: no dashboard by default; connecting: Ray refuses cluster options
-            kwargs = {"include_dashboard": False, **self.init} if self.address is None else dict(self.init)
+            kwargs = {"include_dashboard": False, **QUIET_INIT, **self.init} if self.address is None \
+                else {**QUIET_INIT, **self.init}
+            os.environ.setdefault("RAY_COLOR_PREFIX", "0")  # no ANSI colour codes in any worker line shown
             ray.init(address=self.address, **kwargs)
             self._owns_ray = True
         res = ray.cluster_resources()

@@ -1,8 +1,12 @@
 """The offline demo end to end on the embedded organism (reduced --quick size, every stage), its
 outputs, and its HTML page rendered in headless Chromium."""
 
+import html
 import json
+import os
+import re
 import shutil
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -22,7 +26,34 @@ def demo_out(tmp_path_factory):
                        capture_output=True, text=True, timeout=1500)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "index.html" in r.stdout  # the closing summary names the outputs
+    (out / "_stdout.txt").write_text(r.stdout)
+    (out / "_stderr.txt").write_text(r.stderr)
     return out
+
+
+def test_cli_output_is_readable(demo_out):
+    stdout, stderr = (demo_out / "_stdout.txt").read_text(), (demo_out / "_stderr.txt").read_text()
+    assert "Loading weights" not in stdout + stderr  # transformers' bar stays out
+    assert not re.search(r"\d+\.\d{4,}", stdout), stdout  # numbers rounded for reading
+    assert re.search(r"Score +\d+\.\d\d ", stdout) and "Corrupting the subject" in stdout
+
+
+def test_page_reads_at_a_glance(demo_out):
+    page = (demo_out / "index.html").read_text()
+    res = json.loads((demo_out / "results.json").read_text())
+    assert page.index("What we found") < page.index("<h2>")  # the page opens with the findings
+    assert res["found"].split(".")[0] in html.unescape(page)
+    for fam in ("audio.mlp", "text.mlp"):
+        assert fam in res["trace"]["peaks"]
+    cap = re.search(r"<caption>(.*?)</caption>", page, flags=re.S).group(1)
+    assert "harmonic mean" in cap and "ES (efficacy)" in cap
+    run = page[page.index("<h2>Run</h2>"):]
+    assert "<table>" in run and "<pre>" not in run
+    assert not re.search(r">\d+\.\d{4,}<", page)  # table cells rounded
+    umask = os.umask(0)
+    os.umask(umask)
+    for f in ("index.html", "results.json", "table1.md", "trace/figure2.png"):
+        assert stat.S_IMODE((demo_out / f).stat().st_mode) == 0o666 & ~umask, f  # shareable, not 0600
 
 
 def test_outputs_parse_and_touch_every_stage(demo_out):
