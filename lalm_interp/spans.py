@@ -21,6 +21,7 @@ from typing import Sequence, Union
 
 from .errors import SpanError
 from .rates import RateChain
+from .sites import suggest
 
 SEQ = "seq"
 NAMED_SPANS = (
@@ -134,7 +135,8 @@ class PositionMap:
             "after_subject": (b + 1, n - 1) if b < n - 1 else None,
         }
         if name not in table:
-            raise SpanError(f"unknown span {name!r}; named spans are {list(NAMED_SPANS)} or a word range (i, j).")
+            raise SpanError(f"unknown span {name!r}; named spans are {list(NAMED_SPANS)} or a word range "
+                            f"(i, j).{suggest(name, NAMED_SPANS)}")
         return table[name]
 
     # ------------------------------------------------------------------ positions

@@ -65,6 +65,7 @@ def test_untimed_word_from_an_aligner_is_refused():
 # ------------------------------------------------------------------ spans: bad requests
 BAD_SPANS = [
     ("unknown-span", "object", "token", ["unknown span 'object'"]),
+    ("span-typo-suggests", "last_subjct_word", "token", ["unknown span", "Did you mean 'last_subject_word'"]),
     ("last-token-at-audio", "last_token", "token", ["text position", "stage 'seq'"]),
     ("unknown-stage", "subject", "window", ["unknown rate stage 'window'"]),
     ("range-past-words", (2, 9), "token", ["outside the 4 words"]),
