@@ -11,11 +11,22 @@ Sections, each recorded on its own (a failure in one is reported and the next st
   organism and the tiny random model.
 * ``real_dims``: Qwen2-Audio-7B's real architecture (tests/fixtures config) with random bf16 weights
   on the GPU: one example's hidden-state sweep, audio and text, rows per second, peak memory.
+* ``editors_real_dims``: the same architecture with random bf16 weights; the editors with the
+  ``paper`` preset on one spoken prompt (key statistics from 16 noise clips, cached in DIR/cache):
+  ROME text 15, ROME audio 15, cross-modal ROME (audio 15 + text 15), AlphaEdit text 14:17,
+  cross-modal AlphaEdit (audio 14:17 + text 14:17). Per editor: seconds for the key statistics (first
+  use) and for the edit, peak memory, the handle's diagnostics (dW_rel, nullity, ‖P K0‖/‖K0‖, leak,
+  drive_used), ΔW as applied in bf16 vs as computed, P(target_new) before/after, bitwise revert.
+  Its own time budget (``--editors-budget-s``): an editor is skipped (and recorded) once it is spent,
+  or when AlphaEdit's projectors (a CPU ``eigh`` per site) are estimated not to fit what is left.
 
-    python benchmarks/bench_gpu.py --out DIR [--budget-s 420] [--small]
+    python benchmarks/bench_gpu.py --out DIR [--budget-s 420] [--small] [--sections a,b]
 
-``--small`` swaps the 7B config for a 2+2-layer one so the script can be checked on a CPU.
-Results go to ``DIR/bench_gpu.json`` after every section.
+``--small`` swaps the 7B config for a 2+2-layer one so the script can be checked on a CPU
+(``editors_real_dims``: 3+3 layers, so that no edited text layer is the last one, and narrow widths,
+256 / 512, so that it fits a small machine's memory).
+``--sections`` (comma-separated; default all) runs only those sections.
+Results go to ``DIR/bench_gpu.json`` after every section (``editors_real_dims``: after every editor).
 """
 
 from __future__ import annotations
@@ -23,6 +34,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import time
 import traceback
 from pathlib import Path
@@ -243,18 +255,237 @@ def real_dims(device: str, clock: Clock, small: bool, budget_s: float) -> dict[s
     return res
 
 
+# ---------------------------------------------------------------------------- editors at real dims
+EDITOR_PLAN = (("rome", "text.layers.{L}.mlp.down"), ("rome", "audio.layers.{L}.mlp.down"),
+               ("crossmodal", ("audio.layers.{L}.mlp.down", "text.layers.{L}.mlp.down")),
+               ("alphaedit", "text.layers.{R}.mlp.down"),
+               ("crossmodal-alphaedit", ("audio.layers.{R}.mlp.down", "text.layers.{R}.mlp.down")))
+"""The editors of ``editors_real_dims``, in order: ``{L}`` = one layer (15 of 32; 1 of 3 with ``--small``),
+``{R}`` = a layer range (14:17; 0:2 with ``--small``). Never the last text layer: there a δ at the subject's
+positions cannot reach the prediction (no later attention), the v* gradient is exactly 0 and ΔW = 0."""
+EDIT_NEW, EDIT_TRUE = "London", "Paris"  # one token each for the Qwen2-Audio-7B tokenizer (checked)
+
+
+def _real_model(device: str, small: bool, dtype: torch.dtype, *, narrow: bool = False, layers: int = 2):
+    """Qwen2-Audio-7B's architecture from the fixture config, random weights in ``dtype`` on ``device``;
+    ``small``: ``layers`` + ``layers`` layers; ``narrow`` (with ``small``): also widths 256 / 512 so a
+    CPU holds it (the 7B widths with 2 layers are still ~1.4 B parameters, mostly embeddings)."""
+    from transformers import AutoConfig, AutoProcessor, Qwen2AudioForConditionalGeneration
+
+    config = AutoConfig.from_pretrained(FIXTURE, local_files_only=True)
+    processor = AutoProcessor.from_pretrained(FIXTURE, local_files_only=True)
+    if small:
+        config.audio_config.encoder_layers = config.text_config.num_hidden_layers = layers
+        if narrow:
+            ac, tc = config.audio_config, config.text_config
+            ac.d_model, ac.encoder_attention_heads, ac.encoder_ffn_dim = 256, 4, 512
+            tc.hidden_size, tc.num_attention_heads, tc.num_key_value_heads, tc.intermediate_size = 256, 4, 4, 512
+            if getattr(tc, "head_dim", None) is not None:
+                tc.head_dim = 64
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            model = Qwen2AudioForConditionalGeneration(config).eval()
+        model = model.to(dtype)  # sub-configs carry the checkpoint's dtype; make every part the same
+    finally:
+        torch.set_default_dtype(old)
+    return model, processor, config
+
+
+def _eigh_probe(n: int) -> float:
+    """Seconds of one ``np.linalg.eigh`` of a random symmetric n×n float64 matrix (all CPU threads):
+    AlphaEdit's projector (``cache.nullspace_projector``) runs exactly this on the CPU per site."""
+    a = np.random.default_rng(0).standard_normal((n, n))
+    a = a + a.T
+    t0 = time.perf_counter()
+    np.linalg.eigh(a)
+    return time.perf_counter() - t0
+
+
+def _records(x: Any, key: str) -> list[dict[str, Any]]:
+    """Every dict inside ``x`` (nested dicts/lists) that has ``key``."""
+    out: list[dict[str, Any]] = []
+    if isinstance(x, dict):
+        if key in x:
+            out.append(x)
+        for v in x.values():
+            out += _records(v, key)
+    elif isinstance(x, (list, tuple)):
+        for v in x:
+            out += _records(v, key)
+    return out
+
+
+def editors_real_dims(device: str, clock: Clock, small: bool, budget_s: float, out_dir: Path,
+                      progress=lambda res: None) -> dict[str, Any]:
+    import uuid
+    import warnings
+
+    from lalm_interp import adapters
+    from lalm_interp.cache import Store
+    from lalm_interp.editors import EditContext, EditRequest, KeyCorpus, make
+    from lalm_interp.editors.base import _jsonable, _style
+    from lalm_interp.editors.crossmodal import CrossModal, prefetch_stats
+    from lalm_interp.editors.keys import weights_digest
+    from lalm_interp.inputs import build_inputs
+    from lalm_interp.scoring import object_prefix, object_token_ids, score_objects
+
+    t_start = time.perf_counter()
+    dtype = torch.bfloat16
+    torch.manual_seed(0)
+    # --small: 3+3 layers (not 2+2) so that the edited text layers are not the last one, as in the 7B
+    model, processor, config = _real_model(device, small, dtype, narrow=small, layers=3)
+    res: dict[str, Any] = {
+        "dtype": str(dtype), "audio_layers": config.audio_config.encoder_layers,
+        "text_layers": config.text_config.num_hidden_layers, "audio_d_model": config.audio_config.d_model,
+        "audio_ffn": config.audio_config.encoder_ffn_dim, "text_hidden": config.text_config.hidden_size,
+        "text_intermediate": config.text_config.intermediate_size, "budget_s": budget_s,
+        "build_s": round(time.perf_counter() - t_start, 1),
+        "params_b": round(sum(p.numel() for p in model.parameters()) / 1e9, 3), "weights_mb": peak_mb(device)}
+    adapter = adapters.for_model(model, processor)
+    L, R = ("1", "0:2") if small else ("15", "14:17")
+    plan = [(m, (s.format(L=L, R=R) if isinstance(s, str) else tuple(x.format(L=L, R=R) for x in s)))
+            for m, s in EDITOR_PLAN]
+    corpus = KeyCorpus("noise:16x2.5s", [noise(2.5, 100 + i) for i in range(16)], batch_size=8)
+    # a name unique to this run: the weights are random, so statistics cached by an earlier run (other
+    # weights, same parameter count) must never be taken for these (no '#<16 hex>': that form is a weights hash)
+    fp = f"random-init-qwen2-audio{'-small' if small else '-7b'}:run-{uuid.uuid4().hex[:12]}"
+    ctx = EditContext(model, processor, adapter, store=Store(out_dir / "cache"), corpus=corpus, fingerprint=fp)
+    req = EditRequest(prompt(0, EDIT_TRUE), EDIT_NEW, "last")
+    pre = object_prefix(adapter, build_inputs(processor, adapter, [req.prompt.audio], instruction=req.prompt.instruction))
+    res["target_new"], res["target_true"] = EDIT_NEW, EDIT_TRUE
+    res["target_token_ids"] = {o: object_token_ids(processor.tokenizer, o, pre) for o in (EDIT_NEW, EDIT_TRUE)}
+    res["corpus"] = {"id": corpus.id, "clips": len(corpus.clips), "cache": str(out_dir / "cache"), "fingerprint": fp}
+    res["chat_style"] = _style(processor)
+    res["cpu_count"], res["omp_num_threads"] = os.cpu_count(), os.environ.get("OMP_NUM_THREADS")
+
+    def p_of(obj: str) -> float:
+        batch = build_inputs(processor, adapter, [req.prompt.audio], instruction=req.prompt.instruction)
+        return float(score_objects(model, adapter, batch, [obj]).total[0].exp())
+
+    eigh_done: set[str] = set()
+    eigh_probe: dict[str, Any] = {}
+    res["editors"] = eds = {}
+    for method, sites in plan:
+        key = f"{method}@{sites if isinstance(sites, str) else '+'.join(sites)}"
+        spent = time.perf_counter() - t_start
+        if spent > budget_s:
+            eds[key] = {"skipped": f"time budget spent ({spent:.0f} s of {budget_s:.0f} s)"}
+            progress(res)
+            continue
+        rec: dict[str, Any] = {"method": method, "sites": sites}
+        eds[key] = rec
+        try:
+            try:
+                ed = make(method, list(sites) if not isinstance(sites, str) else sites, preset="paper")
+                rec["preset"] = "paper"
+            except Exception as err:  # noqa: BLE001 - no paper preset (or no preset= yet): the defaults, recorded
+                ed = make(method, list(sites) if not isinstance(sites, str) else sites)
+                rec["preset"] = "defaults"
+                rec["preset_error"] = f"{type(err).__name__}: {str(err)[:400]}"
+            rec["hparams"] = ed.describe()["hparams"]
+            rs = ed.resolve_sites(adapter)
+            rec["resolved_sites"] = [str(x) for x in rs]
+            if "alphaedit" in method:  # the projectors are a CPU eigh per site: will they fit?
+                pending = {str(x): adapter.module(model, x).weight.shape[1] for x in rs if str(x) not in eigh_done}
+                if pending and not eigh_probe:
+                    n0 = 1024 if small else 4096  # big enough to keep 16 threads busy, as the real eigh does
+                    eigh_probe.update(n=n0, s=round(_eigh_probe(n0), 3))
+                    res["eigh_probe"] = eigh_probe
+                est = sum(1.2 * eigh_probe["s"] * (d / eigh_probe["n"]) ** 3 for d in pending.values()) if pending else 0.0
+                rec["projector_estimate_s"] = round(est, 1)
+                left = budget_s - (time.perf_counter() - t_start)
+                if est > left:
+                    rec["skipped"] = (f"AlphaEdit's projectors ({len(pending)} CPU eigh of dims "
+                                      f"{sorted(set(pending.values()))}) are estimated at {est:.0f} s, more than "
+                                      f"the {left:.0f} s left of the budget")
+                    progress(res)
+                    continue
+            modules = {adapter.module_path(x): adapter.module(model, x) for x in rs}
+            snap = {path: {n: q.detach().clone() for n, q in m.named_parameters(recurse=False)}
+                    for path, m in modules.items()}
+            digest0 = weights_digest(model)
+            rec["p_new_before"], rec["p_true_before"] = p_of(EDIT_NEW), p_of(EDIT_TRUE)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                reset_peak(device)
+                with clock(rec, "stats_s"):  # key statistics, first use (0 when an earlier editor computed them)
+                    if isinstance(ed, CrossModal):
+                        for stream in ("audio", "text"):
+                            part = [x for x in rs if x.stream == stream]
+                            prefetch_stats(ctx, ed.stage(stream, part), part)
+                    else:
+                        prefetch_stats(ctx, ed, rs)
+                rec["stats_peak_mb"] = peak_mb(device)
+                if "alphaedit" in method:
+                    eigh_done.update(str(x) for x in rs)
+                reset_peak(device)
+                with clock(rec, "edit_s"):
+                    handle = ed.apply(ctx, req)
+                rec["edit_peak_mb"] = peak_mb(device)
+            rec["warnings"] = sorted({f"{w.category.__name__}: {str(w.message)[:300]}" for w in caught})
+            rec["p_new_after"], rec["p_true_after"] = p_of(EDIT_NEW), p_of(EDIT_TRUE)
+            info = _jsonable(handle.info)
+            rec["dW_rel"] = info.get("dW_rel")
+            rec["drive_used"] = info.get("drive_used")
+            rec["layers"] = [{k: x.get(k) for k in ("site", "nullity", "dim", "protected_in_nullspace",
+                                                     "key_in_nullspace", "leak", "leak_total", "achieved",
+                                                     "dW_fro", "l2")}
+                             for x in _records(info, "nullity")]
+            rec["v_star"] = [{k: x.get(k) for k in ("site", "nll", "p_new_at_v_star", "rel_error_Wk_v", "delta_norm",
+                                                     "v_norm", "n_keys")}
+                             for x in _records(info, "nll")]
+            # ΔW as the editor computed it (float64) vs as it landed in the bf16 weight
+            intended = {str(x["site"]): x["dW_fro"] for x in _records(info, "dW_fro") if "site" in x}
+            rec["applied_vs_intended_dW"] = {c["site"]: (c["delta_fro"] / intended[c["site"]]
+                                                         if intended.get(c["site"]) else None)
+                                             for c in handle.changes}
+            rec["info"] = info
+            handle.revert()
+            rec["revert_bitwise"] = all(torch.equal(q, snap[path][n]) for path, m in modules.items()
+                                        for n, q in m.named_parameters(recurse=False))
+            rec["revert_digest_equal"] = weights_digest(model) == digest0
+            rec["p_new_after_revert"] = p_of(EDIT_NEW)
+            rec["p_new_raised"] = bool(rec["p_new_after"] > rec["p_new_before"])
+            rec["p_new_after_revert_equal"] = rec["p_new_after_revert"] == rec["p_new_before"]
+            rec["ok"] = bool(rec["revert_bitwise"] and rec["revert_digest_equal"])
+        except Exception as err:  # noqa: BLE001 - one editor's failure (e.g. in bf16) is a finding; the next runs
+            rec.update(ok=False, error=f"{type(err).__name__}: {err}"[:2000], trace=traceback.format_exc()[-4000:])
+        finally:
+            if device == "cuda":
+                torch.cuda.empty_cache()
+        rec["elapsed_s"] = round(time.perf_counter() - t_start, 1)
+        print(f"-- editors_real_dims {key}: ok={rec.get('ok')} stats_s={rec.get('stats_s')} edit_s={rec.get('edit_s')} "
+              f"elapsed_s={rec['elapsed_s']}{' ERROR ' + rec['error'][:200] if 'error' in rec else ''}", flush=True)
+        progress(res)
+    ran = [v for v in eds.values() if "skipped" not in v]
+    res["ok"] = bool(ran) and all(v.get("ok", False) for v in ran)  # no editor that ran failed
+    res["skipped"] = [k for k, v in eds.items() if "skipped" in v]
+    res["complete"] = not res["skipped"]
+    return res
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="bench_gpu_out")
     ap.add_argument("--budget-s", type=float, default=420.0, help="stop starting heavy work after this")
     ap.add_argument("--small", action="store_true", help="2+2-layer config instead of the 7B one (CPU check)")
-    ap.add_argument("--only", nargs="*", default=None, help="sections to run (default: all)")
+    ap.add_argument("--only", nargs="*", default=None, help="sections to run (default: all); as --sections")
+    ap.add_argument("--sections", default=None,
+                    help="comma-separated sections to run (default: all): correctness,editors,compiler,real_dims,"
+                         "editors_real_dims")
+    ap.add_argument("--editors-budget-s", type=float, default=360.0,
+                    help="editors_real_dims: skip the remaining editors once this many seconds are spent")
     ap.add_argument("--no-tf32", action="store_true",
                     help="turn TF32 off for cuDNN convolutions and matmuls (PyTorch allows it for convs by default)")
     args = ap.parse_args()
     if args.no_tf32:
         torch.backends.cudnn.allow_tf32 = False
         torch.backends.cuda.matmul.allow_tf32 = False
+    only = None
+    if args.only is not None or args.sections is not None:
+        only = set(args.only or []) | {x.strip() for x in (args.sections or "").split(",") if x.strip()}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -274,9 +505,20 @@ def main() -> None:
         "compiler": lambda: compiler(device, clock),
         "real_dims": lambda: real_dims(device, clock, args.small,
                                        max(60.0, args.budget_s - (time.perf_counter() - start))),
+        "editors_real_dims": lambda: editors_real_dims(
+            device, clock, args.small, min(args.editors_budget_s, max(60.0, args.budget_s - (time.perf_counter() - start))),
+            out, progress=lambda res: save("editors_real_dims", {**res, "partial": True})),
     }
+    unknown = sorted((only or set()) - set(sections))
+    if unknown:
+        ap.error(f"unknown section(s) {unknown}; choose from {sorted(sections)}")
+
+    def save(name: str, res: dict[str, Any]) -> None:
+        report[name] = res
+        (out / "bench_gpu.json").write_text(json.dumps(report, indent=1, default=str))
+
     for name, fn in sections.items():
-        if args.only is not None and name not in args.only:
+        if only is not None and name not in only:
             continue
         if time.perf_counter() - start > args.budget_s:
             report[name] = {"skipped": "time budget spent"}
