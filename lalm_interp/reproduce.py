@@ -10,7 +10,11 @@
   ``--text-layers``), run the nine Table-1 rows and write ``table1.md`` + per-row results.
 * ``table2`` — the layer-selection study: for each word position (first / last subject word) and
   k ∈ {1, 2, 3}, the top-k AIE layers of each stream, edited with single-layer (k = 1) or
-  multi-layer (k > 1) editors; writes ``table2.md``.
+  multi-layer (k > 1) editors; writes ``table2.md``. The cross-modal rows come with their
+  ablation (docs/editors/crossmodal.md#ablation): ``driven`` (the paper's method, the default),
+  ``undriven`` (``drive=False``: plain sequential editing) and ``audio stage alone`` (the audio
+  editor with the cross-modal editor's own audio hyper-parameters; computed once when it equals
+  the audio row).
 
 Every stage writes into ``--out`` and is resumable (the benchmark reuses its clips, tracing skips
 completed examples, editing rows with a ``result.json`` are skipped). With an executor
@@ -47,6 +51,10 @@ class ReproduceConfig:
     window: layers restored around each centre (paper: 10; capped at the stack depth).
     word: subject word the edit keys are taken at (``first`` / ``last``).
     audio_layers / text_layers: explicit editing layers (``None``: chosen from the AIE).
+    preset: editor hyper-parameter preset (``None``: the model's own,
+        ``editors.presets.default_preset`` — ``organism`` for the organism, ``paper`` for Qwen2-Audio).
+    librispeech: a LibriSpeech split folder for the protected / statistics corpus (5,000 utterances,
+        as in the paper); ``None``: the synthesised fallback (``bench.corpus.SYNTH_N`` sentences).
     """
 
     config: str
@@ -65,6 +73,8 @@ class ReproduceConfig:
     audio_layers: tuple[int, ...] | None = None
     text_layers: tuple[int, ...] | None = None
     instruction: str = "Complete the sentence."
+    preset: str | None = None
+    librispeech: str | None = None
 
 
 def _stage_bench(cfg: ReproduceConfig, source: str):
@@ -90,43 +100,106 @@ def _trace(cfg: ReproduceConfig, model, processor, adapter, bench, known: Sequen
                           Path(cfg.out) / "trace", provenance={"model": cfg.model, "dataset": str(cfg.data or "shipped")})
 
 
+Row = tuple  # (label, editor name, sites) or (label, editor name, sites, overrides)
+
+
+def _editor(row: Row, preset: str) -> Any:
+    """The editor of a plan row in ``preset``; overrides ``{"audio_stage_of": cross-modal name,
+    "text_sites": [...]}`` build the cross-modal editor's own audio stage (its ``audio``
+    hyper-parameters) alone."""
+    from .editors import make
+
+    label, name, sites, *rest = row
+    kw = dict(rest[0]) if rest else {}
+    cross = kw.pop("audio_stage_of", None)
+    if cross:
+        return make(name, sites, make(cross, sites + kw.pop("text_sites"), preset=preset).hparams.audio, **kw)
+    return make(name, sites, preset=preset, **kw)
+
+
 def _edit_rows(cfg: ReproduceConfig, model, processor, adapter, bench, case_ids: Sequence[str],
-               plan: Sequence[tuple[str, str, list[str]]], folder: str) -> list[dict[str, Any]]:
-    """Run the editing rows of ``plan``. With an executor (``executors.using``, ``--executor ray``)
-    each row's key statistics are computed in corpus chunks on the workers and its edit cases are
-    spread over them (accumulating rows as one shard); the in-process path is unchanged."""
+               plan: Sequence[Row], folder: str) -> list[dict[str, Any]]:
+    """Run the editing rows of ``plan`` (label, editor name, sites[, hyper-parameter overrides]).
+    A row whose editor (name, sites, hyper-parameters) equals an earlier row's reuses its result.
+    With an executor (``executors.using``, ``--executor ray``) each row's key statistics are
+    computed in corpus chunks on the workers and its edit cases are spread over them
+    (accumulating rows as one shard); the in-process path is unchanged."""
+    import json as _json
+
     from tqdm.auto import tqdm
 
     from . import evaluation, executors
-    from .bench.corpus import protected_corpus
+    from .bench.corpus import corpus_id, protected_corpus
     from .cache import Store
-    from .editors import EditContext, KeyCorpus, make
+    from .editors import EditContext, KeyCorpus
 
     out = Path(cfg.out)
     cases = evaluation.cases_from_benchmark(bench, word=cfg.word, fact_ids=list(case_ids),
                                             instruction=cfg.instruction)
-    utts = protected_corpus(None, n=200, fallback_dir=out / "protected_corpus")
+    if cfg.librispeech:  # the paper's protected corpus: 5,000 LibriSpeech utterances
+        utts = protected_corpus(cfg.librispeech)
+        cid = corpus_id(utts, f"librispeech:{Path(cfg.librispeech).name}")
+    else:  # the synthesised fallback, SYNTH_N sentences (docs/editors/protected-corpus.md)
+        utts = protected_corpus(None, fallback_dir=out / "protected_corpus")
+        cid = corpus_id(utts)
     ctx = EditContext(model, processor, adapter, store=Store(out / "cache"),
-                      corpus=KeyCorpus(f"synth:{len(utts)}", utts, instruction=cfg.instruction))
+                      corpus=KeyCorpus(cid, utts, instruction=cfg.instruction))
+    from .editors import presets
+
+    preset = cfg.preset or presets.default_preset(model, adapter)
     ex = executors.current()
     if isinstance(ex, executors.LocalExecutor):
         ex = ex.with_state((model, processor, adapter))
     docs = []
-    for label, name, sites in tqdm(plan, desc=folder, unit="row"):
+    seen: dict[str, dict[str, Any]] = {}
+    for row in tqdm(plan, desc=folder, unit="row"):
+        label, sites = row[0], row[2]
+        editor = _editor(row, preset)
+        same = _json.dumps(editor.describe(), sort_keys=True, default=str)
+        if same in seen:
+            docs.append(seen[same])
+            continue
         mod = evaluation.modality(sites)
         dest = out / folder / f"{mod}-{label}".replace(" ", "_")
         if (dest / evaluation.RESULT_FILE).exists():
             docs.append(evaluation.load_result(dest / evaluation.RESULT_FILE))
-            continue
-        meta = {"model": cfg.model, "bench": str(out / "bench")}
-        if ex is None:
-            res = evaluation.run(make(name, sites), ctx, cases, meta=meta)
         else:
-            res = executors.evaluate_sharded(ex, make(name, sites), cases, dest, store=ctx.store, corpus=ctx.corpus,
-                                             fingerprint=ctx.fingerprint, meta=meta)
-        res.save(dest)
-        docs.append(res.to_json())
+            meta = {"model": cfg.model, "bench": str(out / "bench"), "preset": preset, "corpus": cid}
+            if ex is None:
+                res = evaluation.run(editor, ctx, cases, meta=meta)
+            else:
+                res = executors.evaluate_sharded(ex, editor, cases, dest, store=ctx.store, corpus=ctx.corpus,
+                                                 fingerprint=ctx.fingerprint, meta=meta)
+            res.save(dest)
+            docs.append(res.to_json())
+        seen[same] = docs[-1]
     return docs
+
+
+TABLE2_VARIANTS = ("audio", "text", "driven", "undriven", "audio stage alone")
+"""The rows of ``reproduce table2`` per (word position, k): the audio editor, the text editor,
+the cross-modal editor (driven: the paper's method), the cross-modal editor with ``drive=False``,
+and the cross-modal editor's audio stage alone."""
+
+
+def table2_plan(layers: Any) -> list[tuple[str, str, list[str], Row]]:
+    """``[(word span, k, variant, row)]`` of ``reproduce table2``; ``layers(stream, span, k)`` gives
+    the top-k AIE layers of a stream at a word span."""
+    A = lambda ls: [f"audio.layers.{l}.mlp.down" for l in ls]  # noqa: E731
+    T = lambda ls: [f"text.layers.{l}.mlp.down" for l in ls]  # noqa: E731
+    plan = []
+    for sp in ("first_subject_word", "last_subject_word"):
+        for k in (1, 2, 3):
+            a, t = A(layers("audio", sp, k)), T(layers("text", sp, k))
+            single, cross = ("rome", "crossmodal") if k == 1 else ("alphaedit", "crossmodal-alphaedit")
+            label = f"{sp} top-{k}"
+            plan += [(sp, str(k), "audio", (label, single, a)),
+                     (sp, str(k), "text", (label, single, t)),
+                     (sp, str(k), "driven", (label, cross, a + t)),
+                     (sp, str(k), "undriven", (f"{label} undriven", cross, a + t, {"drive": False})),
+                     (sp, str(k), "audio stage alone", (f"{label} audio stage", single, a,
+                                                        {"audio_stage_of": cross, "text_sites": t}))]
+    return plan
 
 
 def _layers(agg: xr.Dataset, stream: str, span: str, k: int, explicit: tuple[int, ...] | None) -> list[int]:
@@ -183,22 +256,15 @@ def run(cfg: ReproduceConfig) -> dict[str, Any]:
             (out / "table1.md").write_text(evaluation.table(docs) + "\n")
             summary["table"] = "table1.md"
         else:
-            plan = []
-            for sp in ("first_subject_word", "last_subject_word"):
-                for k in (1, 2, 3):
-                    a, t = _layers(agg, "audio", sp, k, None), _layers(agg, "text", sp, k, None)
-                    single = k == 1
-                    plan.append((f"{sp} top-{k}", "rome" if single else "alphaedit", A(a)))
-                    plan.append((f"{sp} top-{k}", "rome" if single else "alphaedit", T(t)))
-                    plan.append((f"{sp} top-{k}", "crossmodal" if single else "crossmodal-alphaedit", A(a) + T(t)))
-            docs = _edit_rows(cfg, model, processor, adapter, bench, es.fact_ids, plan, "table2")
-            lines = ["| Word | Top-k | Mod. | Layers | Score | ES | PS | NS |", "|---|---|---|---|---|---|---|---|"]
-            for (label, _, sites), d in zip(plan, docs):
-                word, k = label.split(" top-")
+            plan = table2_plan(lambda stream, sp, k: _layers(agg, stream, sp, k, None))
+            docs = _edit_rows(cfg, model, processor, adapter, bench, es.fact_ids, [p[3] for p in plan], "table2")
+            lines = ["| Word | Top-k | Mod. | Layers | Variant | Score | ES | PS | NS | reached |",
+                     "|---|---|---|---|---|---|---|---|---|---|"]
+            for (word, k, variant, row), d in zip(plan, docs):
                 s = d["summary"]
                 f = lambda x: "–" if x is None else f"{x:.2f}"  # noqa: E731
-                lines.append(f"| {word} | {k} | {d['mod']} | {', '.join(sites)} | {f(s['Score'])} | {f(s['ES'])} | "
-                             f"{f(s['PS'])} | {f(s['NS'])} |")
+                lines.append(f"| {word} | {k} | {d['mod']} | {', '.join(row[2])} | {variant} | {f(s['Score'])} | "
+                             f"{f(s['ES'])} | {f(s['PS'])} | {f(s['NS'])} | {f(s.get('reached'))} |")
             (out / "table2.md").write_text("\n".join(lines) + "\n")
             summary["table"] = "table2.md"
     (out / "results.json").write_text(json.dumps(summary, indent=2))

@@ -1,6 +1,9 @@
 """Protected-key corpus for null-space editors (AlphaEdit-style): generic speech whose keys an
-edit must leave alone. The paper uses 5,000 LibriSpeech utterances; offline, sentences built from
-facts that are *not* being edited are synthesised instead, so an editor always has a corpus.
+edit must leave alone. The paper uses 5,000 LibriSpeech utterances (:data:`LIBRISPEECH_N`);
+offline, :data:`SYNTH_N` sentences built from facts that are *not* being edited are synthesised
+instead, in all eight default renditions, so an editor always has a corpus. The synthesised size
+is where the protected subspace stops growing on held-out speech (measured in
+``docs/editors/protected-corpus.md``).
 """
 
 from __future__ import annotations
@@ -18,10 +21,20 @@ from .datasets import Fact, load_facts
 from .errors import BenchmarkError
 from .store import ClipStore, _read_jsonl, atomic_write_jsonl, clip_key
 
+LIBRISPEECH_N = 5000
+"""Utterances drawn from LibriSpeech for the protected corpus (the paper's 5,000)."""
+SYNTH_N = 600
+"""Sentences of the synthesised fallback corpus. Measured on the organism
+(docs/editors/protected-corpus.md): the energy of held-out speech keys outside the corpus keys'
+subspace stops falling at 200-400 clips that fit the encoder window; 600 sentences give ~430 such
+clips on the organism's 3 s window (all 600 on Qwen2-Audio's 30 s) and synthesise in about a minute
+on 2 cores."""
+
 
 @dataclass(frozen=True)
 class CorpusUtterance:
-    """One protected-corpus utterance. ``audio`` reads the file (16 kHz mono float32).
+    """One protected-corpus utterance. ``audio`` reads the file as 16 kHz mono float32 (a file at
+    another rate is resampled, see :func:`lalm_interp.load_audio`).
 
     Fields:
         utt_id: LibriSpeech id (``"84-121123-0000"``) or ``"synth/<n>/<rendition>"``.
@@ -42,9 +55,12 @@ class CorpusUtterance:
 
     @property
     def n_samples(self) -> int:
+        """Length of :attr:`audio` in samples at 16 kHz (from the file header; no decoding)."""
         import soundfile as sf
 
-        return int(sf.info(str(self.path)).frames)
+        info = sf.info(str(self.path))
+        return int(info.frames) if info.samplerate == SAMPLE_RATE else \
+            -(-int(info.frames) * SAMPLE_RATE // int(info.samplerate))
 
 
 def load_librispeech(root: str | Path, *, limit: int | None = 5000, seed: int = 0
@@ -52,7 +68,7 @@ def load_librispeech(root: str | Path, *, limit: int | None = 5000, seed: int = 
     """Utterances of a LibriSpeech-style folder: ``**/*.trans.txt`` files whose lines are
     ``<id> <TRANSCRIPT>``, next to ``<id>.flac``. With more than ``limit`` utterances, ``limit``
     are drawn with ``seed`` (default: 5,000 as in the paper, seed 0). Sorted by id. Audio is read
-    on access and must be 16 kHz (LibriSpeech is)."""
+    on access (LibriSpeech is 16 kHz; other rates are resampled to 16 kHz)."""
     root = Path(root)
     if not root.is_dir():
         raise BenchmarkError(f"LibriSpeech folder {str(root)!r} does not exist.\n  expected: e.g. "
@@ -99,28 +115,32 @@ def generic_sentences(facts: Sequence[Fact], *, exclude: Sequence[str] = (), n: 
     return out[:n]
 
 
-def synthesise_corpus(out: str | Path, *, n: int = 500, facts: Sequence[Fact] | None = None,
+def synthesise_corpus(out: str | Path, *, n: int = SYNTH_N, facts: Sequence[Fact] | None = None,
                       exclude: Sequence[str] = (), backend: TTSBackend | None = None,
                       renditions: Sequence[Rendition] | None = None, workers: int = 2,
                       seed: int = 0) -> list[CorpusUtterance]:
-    """Synthesise ``n`` generic sentences (:func:`generic_sentences`; default facts: the shipped
-    CounterFact and Known-1000 subsets) into ``out``, cycling through ``renditions`` (default:
-    the first three default renditions). Clips are content-addressed and reused like a benchmark's;
-    ``out/corpus.jsonl`` lists the utterances. Sentences that fail to synthesise are skipped."""
+    """Synthesise ``n`` generic utterances (:func:`generic_sentences`; default facts: the shipped
+    CounterFact and Known-1000 subsets) into ``out``, cycling through ``renditions`` (default: all
+    eight default renditions — more speakers, accents and rates than the first three gave the
+    audio keys a slightly larger span on held-out speech, docs/editors/protected-corpus.md). When
+    there are fewer than ``n`` distinct sentences, sentence i is spoken again in the next
+    rendition(s) (distinct (sentence, rendition) pairs) until ``n`` utterances exist. Clips are
+    content-addressed and reused like a benchmark's; ``out/corpus.jsonl`` lists the utterances.
+    Sentences that fail to synthesise are skipped."""
     from ..speech.espeak import DEFAULT_RENDITIONS, EspeakBackend
 
     backend = backend or EspeakBackend()
-    rends = tuple(renditions or DEFAULT_RENDITIONS[:3])
+    rends = tuple(renditions or DEFAULT_RENDITIONS)
     facts = list(facts) if facts is not None else (load_facts("counterfact")
                                                    + load_facts("known1000"))
     texts = generic_sentences(facts, exclude=exclude, n=n, seed=seed)
-    if len(texts) < n:
-        raise BenchmarkError(f"Only {len(texts)} distinct sentences for a corpus of {n}.\n  "
-                             "expected: enough non-edited facts\n  fix: pass more facts (e.g. the "
-                             "full CounterFact via load_facts(..., path=)) or lower n")
+    if len(texts) * len(rends) < n:
+        raise BenchmarkError(f"Only {len(texts)} distinct sentences x {len(rends)} renditions for a corpus of "
+                             f"{n}.\n  expected: enough non-edited facts\n  fix: pass more facts (e.g. the "
+                             "full CounterFact via load_facts(..., path=)), more renditions, or lower n")
     root = Path(out)
     store = ClipStore(root)
-    reqs = [(t, rends[i % len(rends)]) for i, t in enumerate(texts)]
+    reqs = [(texts[i % len(texts)], rends[(i % len(texts) + i // len(texts)) % len(rends)]) for i in range(n)]
     keys = [clip_key(t, r, backend.version) for t, r in reqs]
     todo = [i for i, k in enumerate(keys) if not store.has(k)]
     ok = set(range(len(reqs))) - set(todo)
@@ -151,15 +171,24 @@ def open_corpus(out: str | Path) -> list[CorpusUtterance]:
     return [CorpusUtterance(r["id"], r["text"], root / r["audio"], store) for r in rows]
 
 
-def protected_corpus(librispeech: str | Path | None = None, *, n: int = 5000,
+def corpus_id(utts: Sequence[CorpusUtterance], source: str = "synth") -> str:
+    """A statistics-cache name for ``utts``: ``<source>:<n>:<hash of the ids and texts>`` — two
+    corpora share cached statistics only when they hold the same utterances."""
+    import hashlib
+
+    h = hashlib.sha256("\n".join(f"{u.utt_id}\t{u.text}" for u in utts).encode()).hexdigest()[:10]
+    return f"{source}:{len(utts)}:{h}"
+
+
+def protected_corpus(librispeech: str | Path | None = None, *, n: int | None = None,
                      fallback_dir: str | Path | None = None, **synth_kwargs
                      ) -> list[CorpusUtterance]:
-    """LibriSpeech (``n`` utterances) when ``librispeech`` is given, else the synthetic fallback
-    in ``fallback_dir`` (``n`` sentences; extra keyword arguments go to
-    :func:`synthesise_corpus`)."""
+    """LibriSpeech (``n`` utterances, default :data:`LIBRISPEECH_N` = 5,000 as in the paper) when
+    ``librispeech`` is given, else the synthetic fallback in ``fallback_dir`` (``n`` utterances,
+    default :data:`SYNTH_N`; extra keyword arguments go to :func:`synthesise_corpus`)."""
     if librispeech is not None:
-        return load_librispeech(librispeech, limit=n)
+        return load_librispeech(librispeech, limit=LIBRISPEECH_N if n is None else n)
     if fallback_dir is None:
         raise BenchmarkError("No LibriSpeech folder and no fallback_dir.\n  expected: one of "
                              "them\n  fix: protected_corpus(fallback_dir='protected_corpus')")
-    return synthesise_corpus(fallback_dir, n=n, **synth_kwargs)
+    return synthesise_corpus(fallback_dir, n=SYNTH_N if n is None else n, **synth_kwargs)

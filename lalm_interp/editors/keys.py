@@ -229,20 +229,82 @@ def corpus_keys(ctx: EditContext, site: Site) -> Iterator[np.ndarray]:
                           f"{window / adapter.rate_chain.sample_rate:.2f} s encoder window; use shorter utterances.")
 
 
+def weights_digest(model: torch.nn.Module) -> str:
+    """A cheap digest of every parameter's exact values (sha256 over each tensor's float64 sum and
+    sum of squares, accumulated in chunks on the weights' device): any edit changes it, a bitwise
+    revert restores it. Used to tell whether statistics are about to be computed on the weights a
+    context's fingerprint names, on any model size (``weights_fingerprint`` hashes every byte only
+    up to 50 M parameters)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            flat = p.detach().reshape(-1)
+            s = torch.zeros((), dtype=torch.float64, device=flat.device)
+            q = torch.zeros((), dtype=torch.float64, device=flat.device)
+            for a in range(0, flat.numel(), 1 << 24):
+                c = flat[a:a + (1 << 24)].double()
+                s += c.sum()
+                q += (c * c).sum()
+            h.update(f"{name}:{tuple(p.shape)}:{float(s).hex()}:{float(q).hex()}".encode())
+    return h.hexdigest()[:16]
+
+
+def stats_fingerprint(ctx: EditContext) -> str:
+    """The fingerprint statistics computed *now* belong to: ``ctx.fingerprint`` while the weights
+    are those the context's first statistics were fetched from (editors fetch every statistic they
+    need before they edit, so that is the unedited model; a full-hash fingerprint is also checked
+    against the weights at that first fetch), else ``<fingerprint>+edited:<digest>`` — statistics
+    of edited weights are stored under a name of exactly those weights and never under the
+    unedited model's (docs/editors/crossmodal.md#statistics)."""
+    digest = weights_digest(ctx.model)
+    ref = ctx.memo.get("weights_digest")
+    if ref is None:
+        if not _names_these_weights(ctx):
+            return f"{ctx.fingerprint}+edited:{digest}"
+        ref = ctx.memo["weights_digest"] = digest
+    return ctx.fingerprint if digest == ref else f"{ctx.fingerprint}+edited:{digest}"
+
+
+def _names_these_weights(ctx: EditContext) -> bool:
+    """False when ``ctx.fingerprint`` is a full weights hash (``weights_fingerprint``, models up to
+    50 M parameters) that the current weights no longer have — the model was edited after the
+    context was made; True otherwise (a name given by the caller, or a large model, is trusted)."""
+    import re
+
+    from .base import weights_fingerprint
+
+    if not re.fullmatch(r".*#[0-9a-f]{16}", ctx.fingerprint or ""):
+        return True
+    return weights_fingerprint(ctx.model) == ctx.fingerprint
+
+
 def key_stats(ctx: EditContext, site: "Site | str"):
     """:class:`~lalm_interp.cache.SecondMoment` of the keys at ``site`` (``...mlp.down@in``) over the
-    context's corpus: from memory, else from ``ctx.store`` (computed and written there on first use)."""
+    context's corpus: from memory, else from ``ctx.store`` (computed and written there on first use),
+    always under the fingerprint of the weights they are computed from (:func:`stats_fingerprint`).
+    Editors call this before they edit, so they get the unedited model's statistics."""
     from ..cache import SecondMoment
 
     s = parse(site).with_port("in")
-    key = f"stats:{s}"
-    if key in ctx.memo:
-        return ctx.memo[key]
     if ctx.corpus is None:
         corpus_keys(ctx, s)  # raises the explanatory error
+    fp = stats_fingerprint(ctx)
+    key = f"stats:{s}:{fp}"
+    if key in ctx.memo:
+        return ctx.memo[key]
+    if fp != ctx.fingerprint:
+        import warnings
+
+        from .base import EditorWarning
+
+        warnings.warn(f"key statistics at {s} are being computed on edited weights (stored under {fp!r}, not "
+                      f"under the unedited model's {ctx.fingerprint!r}). Editors fetch their statistics before "
+                      "editing; compute them on the unedited model first (docs/editors/crossmodal.md#statistics).",
+                      EditorWarning, stacklevel=3)
     if ctx.store is not None:
-        stats = ctx.store.key_stats(str(s), model=ctx.fingerprint, corpus=ctx.corpus.id,
-                                    compute=lambda: corpus_keys(ctx, s))
+        stats = ctx.store.key_stats(str(s), model=fp, corpus=ctx.corpus.id, compute=lambda: corpus_keys(ctx, s))
     else:
         stats = SecondMoment()
         for b in corpus_keys(ctx, s):
@@ -274,12 +336,15 @@ def optimise_delta(ctx: EditContext, prep: Prepared, site: Site, name: str, *, s
                    weight_decay: float, clamp_norm_factor: float, kl_factor: float = 0.0,
                    kl_preps: Sequence[tuple[Prepared, str]] = (), init: torch.Tensor | None = None,
                    stop_nll: float = 0.05, rank_one: tuple[torch.Tensor, torch.Tensor] | None = None,
-                   mix: torch.Tensor | None = None, per_position: bool = False) -> DeltaResult:
+                   mix: torch.Tensor | None = None, per_position: bool = False, wd_form: str = "squared",
+                   kl_direction: str = "reverse") -> DeltaResult:
     """δ (channels of ``site``'s output) added over span ``name`` that maximises log P(target_new).
 
     loss = NLL(target_new | prompt, δ)  (mean over target tokens)
          + kl_factor · KL(P₀(· | kl prompt) ‖ P_δ(· | kl prompt))   (next token, δ at its span)
          + weight_decay · ‖δ‖² / ‖v‖²
+    in the default forms; ``wd_form="rome"`` uses weight_decay · ‖δ‖ / ‖v‖² and
+    ``kl_direction="rome"`` KL(P_δ ‖ P₀), as ROME's compute_v (:mod:`~lalm_interp.editors.losses`).
     with v the pooled output at the span; ‖δ‖ is clamped to ``clamp_norm_factor · ‖v‖`` after
     each Adam step. Stops early when the NLL falls below ``stop_nll``. ``rank_one=(k*, u)`` applies
     δ the way the rank-one update will (see :func:`add_delta`) instead of over the span only.
@@ -290,6 +355,8 @@ def optimise_delta(ctx: EditContext, prep: Prepared, site: Site, name: str, *, s
     the span (shape (b − a, channels), norms as with ``mix``); on ``kl_preps`` (other lengths)
     their mean is added over the prompt's span.
     """
+    from .losses import kl_term, weight_decay_term
+
     a, b = span(ctx, prep, site, name)
     model = ctx.model
     out0 = capture(ctx, [site], prep.inputs)[site]
@@ -321,14 +388,14 @@ def optimise_delta(ctx: EditContext, prep: Prepared, site: Site, name: str, *, s
             nlls.append(float(nll.detach()))
             if step == steps or nlls[-1] < stop_nll:
                 break
-            loss = nll + weight_decay * delta.pow(2).sum() / max(v0_norm, 1e-8) ** 2
+            loss = nll + weight_decay_term(delta, v0_norm, weight_decay, wd_form)
             for (kp, kname), ref in zip(kl_preps, kl_ref):
                 ka, kb = span(ctx, kp, site, kname)
                 kd = delta.mean(0) if per_position else delta
                 with add_delta(ctx, site, (ka, kb), kd, rank_one, mix):
                     lg = model(**kp.batch.model_inputs, use_cache=False).logits
                 lp = torch.log_softmax(lg[0, kp.batch.last[0]].float(), -1)
-                loss = loss + kl_factor / len(kl_preps) * torch.sum(ref.exp() * (ref - lp))
+                loss = loss + kl_factor / len(kl_preps) * kl_term(ref, lp, kl_direction)
             opt.zero_grad()
             loss.backward()
             opt.step()

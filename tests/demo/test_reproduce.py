@@ -45,12 +45,15 @@ def test_table2_protocol(tmp_path):
     out = tmp_path / "t2"
     _run("table2", "--limit", "8", "--k", "2", "--m", "0", "--n-trace", "2", "--out", str(out))
     md = (out / "table2.md").read_text().strip().splitlines()
-    assert md[0].startswith("| Word | Top-k | Mod. | Layers |")
+    assert md[0].startswith("| Word | Top-k | Mod. | Layers | Variant |")
     rows = md[2:]
-    assert len(rows) == 2 * 3 * 3  # word position x k x (audio, text, audio→text)
+    # word position x k x (audio, text, audio→text driven, undriven, the audio stage alone)
+    assert len(rows) == 2 * 3 * 5
     for k in ("1", "2", "3"):
         text_rows = [r for r in rows if f"| {k} | Text |" in r]
         assert len(text_rows) == 2 and all(r.count("text.layers.") == int(k) for r in text_rows)
+        for variant in ("driven", "undriven", "audio stage alone"):
+            assert len([r for r in rows if f"| {k} |" in r and f"| {variant} |" in r]) == 2
 
 
 def test_a_model_that_knows_nothing_gets_a_clear_error(tmp_path):
