@@ -7,7 +7,9 @@ editors key at** (their default ``key_span="auto"``): audio layers at ``last_sub
 subject word's encoder frames), text layers at ``last_token`` (on the organism the text MLPs'
 effect peaks at the last token, not at the subject's audio tokens). Single-layer edits use the
 top-1 layer, multi-layer edits the top-3 (sorted). The edit prompts are keyed on the last subject
-word (``WORD``). The unedited baseline is scored once and shared by all nine rows; key statistics
+word (``WORD``). Hyper-parameters: the model's default preset
+(``editors.presets.default_preset``: ``"organism"`` for the organism, ``"paper"`` for a real
+Qwen2-Audio checkpoint), recorded in every row. The unedited baseline is scored once and shared by all nine rows; key statistics
 are computed once per site and cached in ``<out>/cache``. The stage runs torch on one thread
 (two OpenMP threads on a shared 2-core machine stalled each other, see the organism recipe).
 """
@@ -61,7 +63,7 @@ def table1(cfg: Any, model, processor, adapter, bench, known: list[str], recipe)
 
     from . import evaluation
     from .bench.corpus import protected_corpus
-    from .editors import EditContext, KeyCorpus, make
+    from .editors import EditContext, KeyCorpus, make, presets
 
     out = Path(cfg.out)
     agg = xr.load_dataset(out / "trace" / "aie.nc", engine="h5netcdf")
@@ -77,12 +79,13 @@ def table1(cfg: Any, model, processor, adapter, bench, known: list[str], recipe)
     results = []
     rows = []
     plan = table1_plan(agg)
+    preset = presets.default_preset(model, adapter)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         before = evaluation.score_before(ctx, cases)  # the unedited model: scored once for all rows
         for label, name, sites in tqdm(plan, desc="Table 1", unit="row"):
-            editor = make(name, sites)
+            editor = make(name, sites, preset=preset)
             res = evaluation.run(editor, ctx, cases, before=before,
                                  meta={"model": cfg.model, "bench": str(out / "bench")})
             _row(res, editor, label, name, sites, out, results, rows)
@@ -91,7 +94,7 @@ def table1(cfg: Any, model, processor, adapter, bench, known: list[str], recipe)
     md = evaluation.table(results)
     b = results[0]["baseline"]
     rows.insert(0, {"modality": "–", "method": "Unedited", "editor": "-", "sites": [], "score": b["Score"],
-                    "es": b["ES"], "ps": b["PS"], "ns": b["NS"]})
+                    "es": b["ES"], "ps": b["PS"], "ns": b["NS"], **_measured(b)})
     return rows, md
 
 
@@ -105,8 +108,19 @@ def _row(res, editor, label: str, name: str, sites: list[str], out: Path, result
     doc["label"] = f"{label} ({editor.label})" if hasattr(editor, "label") else label
     results.append(doc)
     s = res.summary
-    rows.append({"modality": mod, "method": label, "editor": name,
-                 "sites": sites, "score": s["Score"], "es": s["ES"], "ps": s["PS"], "ns": s["NS"]})
+    rows.append({"modality": mod, "method": label, "editor": name, "preset": res.meta.get("preset"),
+                 "sites": sites, "score": s["Score"], "es": s["ES"], "ps": s["PS"], "ns": s["NS"], **_measured(s)})
+
+
+ROW_FIELDS = ("reached", "n_cases", "n_paraphrase", "n_paraphrase_skipped", "n_neighbourhood",
+              "n_neighbourhood_skipped", "dW_rel_median", "leak_max")
+"""What each results.json Table-1 row says it measured, beside score/es/ps/ns (from the run's
+``summary``: ``evaluation.summarise`` + ``evaluation.edit_sizes``); the Unedited row has no
+``dW_rel_median`` / ``leak_max`` (None)."""
+
+
+def _measured(summary: dict) -> dict:
+    return {k: summary.get(k) for k in ROW_FIELDS}
 
 
 def _accepts_exclude() -> bool:

@@ -6,6 +6,14 @@
 * Neighbourhood (NS): % of neighbourhood prompts (other subjects, same relation and true object)
   where P(true) > P(new) still holds (per case fraction, then mean over cases).
 * Score: the harmonic mean of ES, PS and NS.
+* Reached: % of edits after which target_new is the model's top-1 continuation of the edit prompt
+  at every one of its tokens (greedy decoding says target_new) — stricter than ES, which only
+  compares target_new with target_true.
+
+Every summary also says what was measured: ``n_cases``, ``n_paraphrase`` / ``n_neighbourhood``
+(prompts actually scored) and ``n_paraphrase_skipped`` / ``n_neighbourhood_skipped`` (longer than
+the encoder window: never truncated, left out), and the edit size ``dW_rel_median`` /
+``dW_rel_max`` (‖ΔW‖_F/‖W‖_F over every edited weight of every case; see :func:`edit_sizes`).
 
 P(object) is the teacher-forced probability of the object's tokens, compared per token (mean
 log-probability, as ROME does), so multi-token objects of different lengths compare fairly.
@@ -23,11 +31,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-
 from .editors.base import EditContext, Editor, EditorError, EditRequest
 from .errors import LalmInterpError
-from .inputs import DEFAULT_INSTRUCTION, build_inputs, window_samples
-from .scoring import score_objects
+from .inputs import DEFAULT_INSTRUCTION, build_inputs, place, window_samples
+from .scoring import (
+    object_prefix,
+    object_token_ids,
+    score_objects,
+    teacher_forced_inputs,
+)
 
 RESULT_FILE = "result.json"
 FORMAT = 1
@@ -44,10 +56,34 @@ class Probe:
     audio_array: Any = None
     item: Any = None
     instruction: str = DEFAULT_INSTRUCTION
+    sample_rate: int | None = None
 
     @property
     def audio(self):
         return self.audio_array if self.audio_array is not None else self.item.audio
+
+    @property
+    def rate(self) -> int | None:
+        """The audio's rate in Hz: ``sample_rate`` if given, else the item's ``sample_rate``."""
+        return self.sample_rate or getattr(self.item, "sample_rate", None)
+
+
+def probe_rate(probe: Any) -> int | None:
+    """The sample rate of a probe (a :class:`Probe` or a ``SpokenPrompt``), or ``None`` if it has none."""
+    r = getattr(probe, "rate", None)
+    return r if isinstance(r, int) else getattr(probe, "sample_rate", None)
+
+
+def _build(ctx: EditContext, probes: Sequence[Any]):
+    """``build_inputs`` for probes, passing their sample rates when this installation's
+    ``build_inputs`` takes them (it never guesses a rate)."""
+    import inspect
+
+    kw = {}
+    if "sample_rate" in inspect.signature(build_inputs).parameters:
+        kw["sample_rate"] = [probe_rate(p) for p in probes]
+    return build_inputs(ctx.processor, ctx.adapter, [p.audio for p in probes],
+                        instruction=[p.instruction for p in probes], **kw)
 
 
 @dataclass(frozen=True)
@@ -118,8 +154,7 @@ def score_pairs(ctx: EditContext, probes: Sequence[Any], new: Sequence[str], tru
     out: list[tuple[float, float] | None] = [None] * len(probes)
     for s0 in range(0, len(fits), batch_size):
         part = fits[s0:s0 + batch_size]
-        batch = build_inputs(ctx.processor, ctx.adapter, [audios[i] for i in part],
-                             instruction=[probes[i].instruction for i in part])
+        batch = _build(ctx, [probes[i] for i in part])
         rows = [r for r in range(len(part)) for _ in (0, 1)]
         objs = [o for i in part for o in (new[i], true[i])]
         s = score_objects(ctx.model, ctx.adapter, batch.select(rows), objs)
@@ -129,8 +164,26 @@ def score_pairs(ctx: EditContext, probes: Sequence[Any], new: Sequence[str], tru
     return out
 
 
+def top1_reached(ctx: EditContext, probe: Any, obj: "str | Sequence[int]") -> bool | None:
+    """Whether ``obj`` (an object string, or its token ids) is the model's top-1 continuation of
+    ``probe`` at every one of its tokens (teacher-forced argmax = greedy decoding emits ``obj``);
+    ``None`` if the audio is longer than the encoder window."""
+    import torch
+
+    if len(probe.audio) > window_samples(ctx.adapter):
+        return None
+    batch = _build(ctx, [probe])
+    ids = object_token_ids(ctx.tokenizer, obj, object_prefix(ctx.adapter, batch)) if isinstance(obj, str) else list(obj)
+    inputs, L = teacher_forced_inputs(batch, [ids], ctx.tokenizer.pad_token_id or 0)
+    with torch.no_grad():
+        logits = ctx.model(**place(inputs, ctx.model), use_cache=False).logits
+    top = logits[0, L - 1: L - 1 + len(ids)].argmax(-1).tolist()
+    return top == list(ids)
+
+
 def score_case(ctx: EditContext, case: EditCase) -> dict[str, Any]:
-    """Probabilities (mean-token log-probs and P) of new and true objects on every prompt of a case."""
+    """Probabilities (mean-token log-probs and P) of new and true objects on every prompt of a case,
+    and on the edit prompt whether target_new is the top-1 continuation (``reached``)."""
     r = case.request
     probes = [r.prompt, *case.paraphrases, *case.neighbours]
     new = [r.target_new] * len(probes)
@@ -144,7 +197,10 @@ def score_case(ctx: EditContext, case: EditCase) -> dict[str, Any]:
                 "p_new": math.exp(lp[i][0]), "p_true": math.exp(lp[i][1])}
 
     k = 1 + len(case.paraphrases)
-    return {"edit": rec(0), "paraphrase": [rec(i) for i in range(1, k)],
+    edit = rec(0)
+    if "logp_new" in edit:
+        edit["reached"] = top1_reached(ctx, r.prompt, r.target_new)
+    return {"edit": edit, "paraphrase": [rec(i) for i in range(1, k)],
             "neighbourhood": [rec(i) for i in range(k, len(probes))]}
 
 
@@ -157,18 +213,27 @@ def harmonic_mean(*xs: float) -> float:
 
 
 def case_success(scores: dict[str, Any]) -> dict[str, float | None]:
-    """Per-case ES (0/1), PS and NS (fractions; ``None`` when the case has no such (scorable) prompts)."""
+    """Per-case ES (0/1), PS and NS (fractions; ``None`` when the case has no such (scorable) prompts),
+    ``reached`` (0/1: target_new top-1 on the edit prompt; ``None`` when not recorded)."""
     e = scores["edit"]
     es = float(e["logp_new"] > e["logp_true"]) if "logp_new" in e else None
     para = [p for p in scores["paraphrase"] if "logp_new" in p]
     neigh = [n for n in scores["neighbourhood"] if "logp_new" in n]
     ps = sum(p["logp_new"] > p["logp_true"] for p in para) / len(para) if para else None
     ns = sum(n["logp_true"] > n["logp_new"] for n in neigh) / len(neigh) if neigh else None
-    return {"es": es, "ps": ps, "ns": ns}
+    reached = float(e["reached"]) if e.get("reached") is not None else None
+    return {"es": es, "ps": ps, "ns": ns, "reached": reached}
+
+
+SUMMARY_FIELDS = ("ES", "PS", "NS", "Score", "reached", "n_cases", "n_paraphrase", "n_paraphrase_skipped",
+                  "n_neighbourhood", "n_neighbourhood_skipped")
+"""Keys of :func:`summarise`; a run's ``summary`` adds :func:`edit_sizes`' keys."""
 
 
 def summarise(records: Sequence[dict[str, Any]], when: str = "after") -> dict[str, Any]:
-    """ES, PS, NS (percent, mean over cases that have such prompts) and Score = HM(ES, PS, NS)."""
+    """ES, PS, NS, reached (percent, mean over cases that have such prompts), Score = HM(ES, PS, NS),
+    and what was scored: ``n_cases``, ``n_paraphrase`` / ``n_neighbourhood`` (prompts scored over
+    those cases) and ``n_paraphrase_skipped`` / ``n_neighbourhood_skipped`` (longer than the window)."""
     ok = [r for r in records if when in r]
     succ = [case_success(r[when]) for r in ok]
 
@@ -176,10 +241,48 @@ def summarise(records: Sequence[dict[str, Any]], when: str = "after") -> dict[st
         vals = [s[key] for s in succ if s[key] is not None]
         return 100.0 * sum(vals) / len(vals) if vals else None
 
+    def count(form: str, scored: bool) -> int:
+        return sum(("logp_new" in p) == scored for r in ok for p in r[when][form])
+
     es, ps, ns = mean("es"), mean("ps"), mean("ns")
     parts = [x for x in (es, ps, ns) if x is not None]
     score = harmonic_mean(*parts) if parts else None
-    return {"ES": es, "PS": ps, "NS": ns, "Score": score, "n_cases": len(ok)}
+    return {"ES": es, "PS": ps, "NS": ns, "Score": score, "reached": mean("reached"), "n_cases": len(ok),
+            "n_paraphrase": count("paraphrase", True), "n_paraphrase_skipped": count("paraphrase", False),
+            "n_neighbourhood": count("neighbourhood", True),
+            "n_neighbourhood_skipped": count("neighbourhood", False)}
+
+
+def edit_rel_sizes(edit: dict[str, Any]) -> dict[str, float]:
+    """weight path → ‖ΔW‖_F/‖W‖_F of one edit record (``EditHandle.to_json()``): ``info["dW_rel"]``
+    when the handle records it, else its ``changes``' ``delta_rel``."""
+    rel = (edit.get("info") or {}).get("dW_rel")
+    if isinstance(rel, dict) and rel:
+        return {str(k): float(v) for k, v in rel.items()}
+    return {c["module"]: float(c["delta_rel"]) for c in edit.get("changes", []) if "delta_rel" in c}
+
+
+def edit_sizes(edits: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """``dW_rel_median`` / ``dW_rel_max``: median and max of ‖ΔW‖/‖W‖ over every edited weight of
+    every edit (``None`` without edits); ``leak_max``: the largest AlphaEdit protected-key leak
+    max|ΔW K₀|/max|W K₀| accumulated since the first edit (``info["leak_total"]``, also inside
+    cross-modal records), when recorded."""
+    import statistics
+
+    rel = [v for e in edits for v in edit_rel_sizes(e).values()]
+    leaks = [v for e in edits for k, v in _walk(e.get("info") or {}) if k == "leak_total" and isinstance(v, (int, float))]
+    return {"dW_rel_median": statistics.median(rel) if rel else None, "dW_rel_max": max(rel) if rel else None,
+            "leak_max": max(leaks) if leaks else None}
+
+
+def _walk(d: Any):
+    if isinstance(d, dict):
+        for k, v in d.items():
+            yield k, v
+            yield from _walk(v)
+    elif isinstance(d, list):
+        for v in d:
+            yield from _walk(v)
 
 
 # ---------------------------------------------------------------------------- runs
@@ -314,8 +417,12 @@ def result(editor: Editor, accumulate: bool, records: list[dict[str, Any]], edit
     """The :class:`RunResult` of ``editor`` over finished per-case ``records`` (and the ``edits``
     of the cases that were edited): summary after, baseline before, ``info`` as ``meta``."""
     d = editor.describe()
+    preset = getattr(editor, "preset", None)
+    if preset is not None and "preset" not in info:
+        info = {**info, "preset": preset}
     return RunResult(editor.name, editor.label, [str(s) for s in d["sites"]], d["hparams"], accumulate,
-                     records, edits, summarise(records, "after"), summarise(records, "before"), info)
+                     records, edits, {**summarise(records, "after"), **edit_sizes(edits)},
+                     summarise(records, "before"), info)
 
 
 # ---------------------------------------------------------------------------- table
@@ -335,10 +442,31 @@ def _fmt(x: float | None) -> str:
     return "–" if x is None else f"{x:.2f}"
 
 
+def _fmt_n(x: Any) -> str:
+    return "–" if x is None else str(x)
+
+
+def _fmt_rel(x: float | None) -> str:
+    return "–" if x is None else f"{x:.3g}"
+
+
+TABLE_HEADER = "| Mod. | Method | Score | ES | PS | NS | reached | n cases | n para | n neigh | median ‖ΔW‖/‖W‖ |"
+
+
+def _counts(s: dict[str, Any]) -> str:
+    def n(key: str) -> str:
+        skipped = s.get(f"{key}_skipped")
+        return _fmt_n(s.get(key)) + (f" (+{skipped} skipped)" if skipped else "")
+
+    return f"{_fmt_n(s.get('n_cases'))} | {n('n_paraphrase')} | {n('n_neighbourhood')}"
+
+
 def table(results: Sequence[dict[str, Any]]) -> str:
-    """A Markdown table in the paper's Table-1 shape (Mod., Method, Score, ES, PS, NS), with one
-    "Unedited" row per distinct (model, benchmark) first."""
-    lines = ["| Mod. | Method | Score | ES | PS | NS |", "|---|---|---|---|---|---|"]
+    """A Markdown table in the paper's Table-1 shape (Mod., Method, Score, ES, PS, NS), then what
+    each row measured: the reached rate (target_new top-1), the number of cases, paraphrase and
+    neighbourhood prompts scored (skipped ones — longer than the encoder window — in brackets) and
+    the median ‖ΔW‖/‖W‖. One "Unedited" row per distinct (model, benchmark) first."""
+    lines = [TABLE_HEADER, "|---|---|---|---|---|---|---|---|---|---|---|"]
     seen = set()
     for r in results:
         key = (r.get("meta", {}).get("model"), r.get("meta", {}).get("bench"))
@@ -346,8 +474,10 @@ def table(results: Sequence[dict[str, Any]]) -> str:
             continue
         seen.add(key)
         b = r["baseline"]
-        lines.append(f"| – | Unedited | {_fmt(b['Score'])} | {_fmt(b['ES'])} | {_fmt(b['PS'])} | {_fmt(b['NS'])} |")
+        lines.append(f"| – | Unedited | {_fmt(b['Score'])} | {_fmt(b['ES'])} | {_fmt(b['PS'])} | {_fmt(b['NS'])} | "
+                     f"{_fmt(b.get('reached'))} | {_counts(b)} | – |")
     for r in results:
         s = r["summary"]
-        lines.append(f"| {r['mod']} | {r['label']} | {_fmt(s['Score'])} | {_fmt(s['ES'])} | {_fmt(s['PS'])} | {_fmt(s['NS'])} |")
+        lines.append(f"| {r['mod']} | {r['label']} | {_fmt(s['Score'])} | {_fmt(s['ES'])} | {_fmt(s['PS'])} | "
+                     f"{_fmt(s['NS'])} | {_fmt(s.get('reached'))} | {_counts(s)} | {_fmt_rel(s.get('dW_rel_median'))} |")
     return "\n".join(lines)

@@ -88,6 +88,10 @@ class AdapterSpec:
         takes (``feature_attention_mask`` for Qwen2-Audio, ``input_features_mask`` for
         AudioFlamingo3; ``None`` for models that take no mask, e.g. Voxtral — real frames are then
         counted from the samples).
+    default_preset: the editor hyper-parameter preset a model of this family uses unless told
+        otherwise (``lalm_interp/editors/presets/<editor>/<name>.json``; ``"paper"`` = the paper's
+        settings for Qwen2-Audio-7B). ``lalm_interp.editors.presets.default_preset(model, adapter)``
+        reads it (a model attribute or an organism checkpoint's manifest wins).
     audio_positions: ``"valid"`` when the model keeps only the LLM audio positions of real audio
         (Qwen2-Audio, AudioFlamingo3) or ``"window"`` when every position of the padded encoder
         window is spliced in (Voxtral, SALMONN).
@@ -113,6 +117,7 @@ class AdapterSpec:
     version: str = "1"
     feature_mask_key: str | None = "feature_attention_mask"
     audio_positions: str = "valid"
+    default_preset: str = "paper"
 
     def bind(self, config: Any, processor: Any = None) -> "Adapter":
         return Adapter(self, config, processor)

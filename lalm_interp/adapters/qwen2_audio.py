@@ -58,4 +58,5 @@ ADAPTER = AdapterSpec(
     build_prompt=chat_or_plain_prompt,
     audio_slots=placeholder_slots,
     audio_token_attr="audio_token_id",
+    default_preset="paper",  # the paper's settings (lalm_interp/editors/presets/*/paper.json)
 )

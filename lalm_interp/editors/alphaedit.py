@@ -11,58 +11,80 @@ import torch
 
 from ..cache import nullspace_projector
 from ..sites import Site
-from .base import EditContext, EditHandle, Editor, EditorError, EditRequest, register, require_mlp_down
-from .keys import (KEY_SPANS, frames, key_span_name, optimise_delta, pooled, prepare, prepare_prompt,
-                   second_moment)
-from .rome import KEY_MODES, key_mode
+from .base import (
+    EditContext,
+    EditHandle,
+    Editor,
+    EditorError,
+    EditRequest,
+    register,
+    require_mlp_down,
+)
+from .keys import (
+    KEY_SPANS,
+    corpus_keys,
+    frames,
+    key_span_name,
+    pooled,
+    prepare,
+    prepare_prompt,
+    second_moment,
+)
+from .rome import KEY_MODES, check_loss_options, key_mode, optimise_value
 
 
 @dataclass(frozen=True)
 class AlphaEditHParams:
-    """Hyper-parameters of :class:`AlphaEdit`.
+    """Hyper-parameters of :class:`AlphaEdit`. The defaults are the ``paper`` preset (the paper's
+    settings; AlphaEdit's published values for the null space, ROME's for the v* loss where the
+    paper is silent); ``organism`` holds the measured settings for the tiny trained model
+    (``docs/editors/alphaedit.md#paper-vs-this-implementation``).
 
-    steps / lr / weight_decay / kl_factor / clamp_norm_factor / stop_nll: the v* optimisation at
-        the last selected layer's output, as in :class:`~lalm_interp.editors.rome.RomeHParams`
-        (units: Adam steps, activation units per step, nats per squared relative norm, nats per
-        nat, ratio, nats). Defaults 30 / 1.0 / 1e-3 / 0.0625 / 50 / 0.05 (paper: 10 steps, lr 0.5,
-        clamp 4, which left the organism's targets 7-11 nats short).
-    nullspace_threshold: eigenvalues of E[k₀k₀ᵀ] (protected keys) below this span the null
-        space that P projects onto. Unit: the eigenvalue's own unit (squared activation) when
-        ``threshold_mode="absolute"`` (AlphaEdit: 2e-2 on LLM keys), a fraction of the largest
-        eigenvalue when ``"relative"`` (default, scale-free across models).
-    threshold_mode: ``"relative"`` or ``"absolute"``.
-    l2: the weight λ of I in (K_pK_pᵀP + K₁K₁ᵀP + λ·I)⁻¹. With ``l2_mode="relative"`` (default)
-        λ = l2 · tr(E[k₀k₀ᵀ])/d, the mean per-dimension energy of the protected keys, so the same
-        value works for any key scale; with ``"absolute"`` λ = l2 (the paper's "+ I" is l2 = 1).
-        Unit: fraction of the mean eigenvalue (relative) or squared key units (absolute).
-    l2_mode: ``"relative"`` or ``"absolute"``.
+    steps / lr / weight_decay / wd_form / weight_decay_streams / kl_factor / kl_direction /
+        clamp_norm_factor / stop_nll: the v* optimisation at the last selected layer's output
+        (the residual stream after it), as in :class:`~lalm_interp.editors.rome.RomeHParams`
+        (units: Adam steps, activation units per step, nats per ‖δ‖/‖v‖², -, stream names, nats per
+        nat, -, ratio, nats). Defaults 10 / 0.5 / 0.5 / "rome" / ("audio",) / 0.0625 / "rome" / 4 / 0.05.
+    nullspace_threshold: eigenvalues of E[k₀k₀ᵀ] (protected keys, count-normalised) below this span
+        the null space that P projects onto. Unit: the eigenvalue's own unit (squared activation)
+        when ``threshold_mode="absolute"`` (AlphaEdit: 2e-2, the default), a fraction of the
+        largest eigenvalue when ``"relative"``.
+    threshold_mode: ``"absolute"`` (AlphaEdit's code, default) or ``"relative"``.
+    l2: the weight λ of I in (K_pK_pᵀP + K₁K₁ᵀP + λ·I)⁻¹. With ``l2_mode="absolute"`` (default)
+        λ = l2 (AlphaEdit's ``L2`` = 10); with ``"relative"`` λ = l2 · tr(E[k₀k₀ᵀ])/d, the mean
+        per-dimension energy of the protected keys. Unit: squared key units (absolute) or fraction
+        of the mean eigenvalue (relative).
+    l2_mode: ``"absolute"`` or ``"relative"``.
     layer_weights: ``"memit"`` (layer i of n takes 1/(n−i) of the remaining residual) or an explicit
         tuple of n fractions. Unit: fraction of the residual.
-    key_span: ``"auto"`` (default: last token on text sites, subject word on audio sites),
-        ``"word"`` or ``"last_token"``; see :class:`~lalm_interp.editors.rome.RomeHParams`.
+    key_span: ``"word"`` (default: the request's subject word, mean-pooled), ``"last_token"`` or
+        ``"auto"`` (last token on text sites, subject word on audio sites); see
+        :class:`~lalm_interp.editors.rome.RomeHParams`.
     keys: ``"mean"`` (AlphaEdit/MEMIT: one key per request, the mean over its key span, with target
-        z = pooled residual + δ), ``"frames"`` (one key per position of the span — every encoder
-        frame of the subject word on audio layers — each with its own target z_t = h_t + δ_t, the
-        δ_t optimised jointly; all frames enter K₁ and, after the edit, K_p) or ``"auto"``
-        (``"frames"`` on audio sites, ``"mean"`` on text sites). Default ``"mean"`` (the paper's form). Identical on
-        one-position spans (``key_span="last_token"``). On the organism's audio layers ``"mean"``
-        reached v* for 4 of 12 known facts, ``"frames"`` for all 7 reachable ones
-        (docs/editors/alphaedit.md).
+        z = pooled residual + δ), ``"frames"`` (one key per position of the span, each with its own
+        target z_t = h_t + δ_t, the δ_t optimised jointly) or ``"auto"`` (``"frames"`` on audio
+        sites, ``"mean"`` on text sites). Default ``"mean"`` (the paper's form).
+    leak_sample: how many protected corpus keys (the first ones of the corpus, per layer) the
+        record's leak max|ΔW K₀| / max|W K₀| is measured on; 0 skips it. Unit: keys.
     """
 
-    steps: int = 30
-    lr: float = 1.0
-    weight_decay: float = 1e-3
+    steps: int = 10
+    lr: float = 0.5
+    weight_decay: float = 0.5
+    wd_form: str = "rome"
+    weight_decay_streams: tuple[str, ...] = ("audio",)
     kl_factor: float = 0.0625
-    clamp_norm_factor: float = 50.0
+    kl_direction: str = "rome"
+    clamp_norm_factor: float = 4.0
     stop_nll: float = 0.05
-    nullspace_threshold: float = 1e-2
-    threshold_mode: str = "relative"
-    l2: float = 1.0
-    l2_mode: str = "relative"
+    nullspace_threshold: float = 2e-2
+    threshold_mode: str = "absolute"
+    l2: float = 10.0
+    l2_mode: str = "absolute"
     layer_weights: "str | tuple[float, ...]" = "memit"
-    key_span: str = "auto"
+    key_span: str = "word"
     keys: str = "mean"
+    leak_sample: int = 4096
 
     def check(self) -> None:
         if self.key_span not in KEY_SPANS:
@@ -75,6 +97,9 @@ class AlphaEditHParams:
             raise EditorError(f"AlphaEditHParams.l2_mode={self.l2_mode!r}; expected 'relative' or 'absolute'.")
         if self.l2 <= 0 or self.nullspace_threshold < 0 or self.steps < 0 or self.lr <= 0:
             raise EditorError(f"AlphaEditHParams: l2 > 0, nullspace_threshold >= 0, steps >= 0, lr > 0 required; got {self}.")
+        check_loss_options("AlphaEditHParams", self)
+        if self.leak_sample < 0:
+            raise EditorError(f"AlphaEditHParams.leak_sample must be >= 0 (0: no leak measurement); got {self.leak_sample}.")
         if self.layer_weights != "memit" and not isinstance(self.layer_weights, tuple):
             raise EditorError(f"AlphaEditHParams.layer_weights={self.layer_weights!r}; expected 'memit' or a tuple of floats.")
 
@@ -114,13 +139,18 @@ class AlphaEdit(Editor):
     HParams = AlphaEditHParams
     accumulates = True
 
-    def __init__(self, sites: Any, hparams: Any = None, **overrides: Any):
-        super().__init__(sites, hparams, **overrides)
+    def __init__(self, sites: Any, hparams: Any = None, preset: str | None = None, **overrides: Any):
+        from . import presets
+
+        super().__init__(sites, presets.resolve(self.name, hparams, preset), **overrides)
+        self.preset = preset
         self.kp: dict[str, torch.Tensor] = {}
+        self.w_first: dict[str, torch.Tensor] = {}  # weights before the first edit since reset()
         self.n_edited = 0
 
     def reset(self) -> None:
         self.kp = {}
+        self.w_first = {}
         self.n_edited = 0
 
     def check_sites(self, adapter: Any, sites: list[Site]) -> None:
@@ -128,20 +158,47 @@ class AlphaEdit(Editor):
 
     def projector(self, ctx: EditContext, site: Site) -> tuple[torch.Tensor, float]:
         """(P, λ) at ``site``: the null-space projector of the protected keys and the ridge weight."""
+        P, mean_eig, _ = self._projector(ctx, site)
+        hp = self.hparams
+        return P, hp.l2 * mean_eig if hp.l2_mode == "relative" else hp.l2
+
+    def _projector(self, ctx: EditContext, site: Site) -> tuple[torch.Tensor, float, float]:
+        """(P, mean eigenvalue of E[k₀k₀ᵀ], ‖P K₀‖/‖K₀‖) — the last = sqrt(tr(PΣ)/tr Σ) over every
+        protected key (P is a symmetric projector, so ‖P K₀‖²_F = n·tr(P Σ P) = n·tr(P Σ))."""
         hp = self.hparams
         key = f"alphaedit.P:{site}:{hp.nullspace_threshold}:{hp.threshold_mode}"
         if key not in ctx.memo:
             mom = second_moment(ctx, site)  # torch in, torch out: P lands on the weights' device
             P = nullspace_projector(mom, hp.nullspace_threshold, relative=hp.threshold_mode == "relative")
-            ctx.memo[key] = (P, float(mom.trace()) / mom.shape[0])
-        P, mean_eig = ctx.memo[key]
-        return P, hp.l2 * mean_eig if hp.l2_mode == "relative" else hp.l2
+            tr = float(mom.trace())
+            frac = (max(float(torch.trace(P @ mom)), 0.0) / tr) ** 0.5 if tr > 0 else 0.0
+            ctx.memo[key] = (P, tr / mom.shape[0], frac)
+        return ctx.memo[key]
+
+    def protected_sample(self, ctx: EditContext, site: Site) -> torch.Tensor | None:
+        """Up to ``leak_sample`` protected corpus keys at ``site`` (n, in), float64 on the weights'
+        device — the first ones of the corpus stream, memoised per context; ``None`` if 0."""
+        n = self.hparams.leak_sample
+        if n <= 0:
+            return None
+        key = f"alphaedit.K0:{site.with_port('in')}:{n}"
+        if key not in ctx.memo:
+            rows, got = [], 0
+            for batch in corpus_keys(ctx, site.with_port("in")):
+                rows.append(torch.from_numpy(batch[: n - got]))
+                got += len(rows[-1])
+                if got >= n:
+                    break
+            ctx.memo[key] = torch.cat(rows).double()
+        return ctx.memo[key]
 
     def _edit(self, ctx: EditContext, requests: list[EditRequest], sites: list[Site], handle: EditHandle,
               inits: dict[int, torch.Tensor] | None = None) -> None:
         hp, adapter = self.hparams, ctx.adapter
         weights = layer_weights(hp.layer_weights, len(sites))
         projectors = [self.projector(ctx, s) for s in sites]
+        for s in sites:  # the protected keys of the unedited model, fetched before any layer changes
+            self.protected_sample(ctx, s)
         last = sites[-1]
         z_site = Site(last.stream, ("layers", last.layer, "resid"))  # residual stream after the last layer
         preps = [prepare(ctx, r) for r in requests]
@@ -155,34 +212,59 @@ class AlphaEdit(Editor):
         targets, deltas = [], []
         for i, (r, p, name) in enumerate(zip(requests, preps, names)):
             kl = [(prepare_prompt(ctx, q, r.target_new), name) for q in r.kl_prompts]
-            res = optimise_delta(ctx, p, z_site, name, steps=hp.steps, lr=hp.lr, weight_decay=hp.weight_decay,
-                                 clamp_norm_factor=hp.clamp_norm_factor, kl_factor=hp.kl_factor, kl_preps=kl,
-                                 init=(inits or {}).get(i), stop_nll=hp.stop_nll,
+            res = optimise_value(ctx, p, z_site, name, hp, kl_preps=kl, init=(inits or {}).get(i),
                                  per_position=mode == "frames")
             targets.append(keyed(ctx, p, z_site, name) + res.delta.double())
             deltas.append({"case_id": r.id, "nll": res.nll, "delta_norm": res.delta_norm, "v_norm": res.v0_norm})
         Z = torch.cat(targets)  # (n keys, D)
         pending: dict[str, torch.Tensor] = {}
+        first: dict[str, torch.Tensor] = {}
         layers = []
         for i, (site, (P, lam)) in enumerate(zip(sites, projectors)):
             K1 = torch.cat([keyed(ctx, p, site.with_port("in"), nm) for p, nm in zip(preps, names)]).T  # (in, n)
             cur = torch.cat([keyed(ctx, p, z_site, nm) for p, nm in zip(preps, names)])
             R = (Z - cur).T * weights[i]  # (D, n): this layer's share of what is still missing
             module = adapter.module(ctx.model, site)
-            handle.track(site, module, adapter.module_path(site))
+            path = adapter.module_path(site)
+            handle.track(site, module, path)
             dW = null_space_update(R, K1, P, self.kp.get(str(site)), lam)
+            measure = hp.leak_sample > 0
+            w_before = module.weight.detach().clone() if measure else None  # weight dtype: no float64 copy of a 7B layer
             with torch.no_grad():
                 module.weight.add_(dW.to(module.weight.dtype))
             pending[str(site)] = K1 @ K1.T
-            layers.append({"site": str(site), "nullity": int(round(float(torch.trace(P)))),
+            if measure:
+                first.setdefault(str(site), w_before)
+            layers.append({"site": str(site), "nullity": int(round(float(torch.trace(P)))), "dim": int(P.shape[0]),
+                           "protected_in_nullspace": self._projector(ctx, site)[2],
                            "key_in_nullspace": float((P @ K1).norm() / max(float(K1.norm()), 1e-30)),
                            "residual_norm": float(R.norm()), "dW_fro": float(dW.norm()), "l2": lam,
-                           "achieved": float((dW @ K1).norm() / max(float(R.norm()), 1e-30))})
+                           "achieved": float((dW @ K1).norm() / max(float(R.norm()), 1e-30)),
+                           **(self._leak(ctx, site, module.weight.detach(), w_before,
+                                         self.w_first.get(str(site), w_before)) if measure else {})})
         for s, kk in pending.items():  # commit the accumulated keys only once the whole edit succeeded
             self.kp[s] = self.kp[s] + kk if s in self.kp else kk
+            if s in first:
+                self.w_first.setdefault(s, first[s])
         self.n_edited += len(requests)
         handle.info.update({"keys": mode, "n_keys": int(Z.shape[0]), "targets": deltas, "layers": layers,
-                            "n_previous_edits": self.n_edited - len(requests)})
+                            "n_previous_edits": self.n_edited - len(requests),
+                            "leak": max((x["leak"] for x in layers if "leak" in x), default=None),
+                            "leak_total": max((x["leak_total"] for x in layers if "leak_total" in x), default=None)})
+
+    def _leak(self, ctx: EditContext, site: Site, W_now: torch.Tensor, W_before: torch.Tensor,
+              W_first: torch.Tensor) -> dict[str, Any]:
+        """max|ΔW K₀| / max|W K₀| over the sampled protected keys, for this edit (ΔW = W_now − W_before:
+        ``leak``) and for every edit since :meth:`reset` (ΔW = W_now − W_first: ``leak_total``); the
+        bias is left out (ΔW does not change it). Float64."""
+        K0 = self.protected_sample(ctx, site).to(W_now.device)
+
+        def ratio(w: torch.Tensor, w0: torch.Tensor) -> float:
+            w, w0 = w.double(), w0.double()
+            return float((K0 @ (w - w0).T).abs().max() / max(float((K0 @ w0.T).abs().max()), 1e-30))
+
+        return {"leak": ratio(W_now, W_before), "leak_total": ratio(W_now, W_first),
+                "n_protected_checked": int(K0.shape[0])}
 
 
 register(AlphaEdit)

@@ -11,10 +11,68 @@ from typing import Any
 import torch
 
 from ..sites import Site
-from .base import EditContext, EditHandle, Editor, EditorError, EditorWarning, EditRequest, register, require_mlp_down
-from .keys import KEY_SPANS, frames, key_span_name, optimise_delta, pooled, prepare, prepare_prompt, second_moment
+from .base import (
+    EditContext,
+    EditHandle,
+    Editor,
+    EditorError,
+    EditorWarning,
+    EditRequest,
+    register,
+    require_mlp_down,
+)
+from .keys import (
+    KEY_SPANS,
+    frames,
+    key_span_name,
+    optimise_delta,
+    pooled,
+    prepare,
+    prepare_prompt,
+    second_moment,
+)
+from .losses import KL_DIRECTIONS, WD_FORMS
 
 KEY_MODES = ("auto", "mean", "frames")
+STREAMS = ("audio", "text")
+LEGACY_LOSS = ("squared", "reverse")
+"""(wd_form, kl_direction) of ``keys.optimise_delta`` before it took these options."""
+
+
+def check_loss_options(where: str, hp: Any) -> None:
+    """Validate the v*-loss options shared by ROME and AlphaEdit hyper-parameters."""
+    if hp.wd_form not in WD_FORMS:
+        raise EditorError(f"{where}.wd_form={hp.wd_form!r}; expected one of {list(WD_FORMS)} (docs/editors/rome.md).")
+    if hp.kl_direction not in KL_DIRECTIONS:
+        raise EditorError(f"{where}.kl_direction={hp.kl_direction!r}; expected one of {list(KL_DIRECTIONS)} "
+                          "(docs/editors/rome.md).")
+    streams = hp.weight_decay_streams
+    if isinstance(streams, str) or not all(x in STREAMS for x in streams):
+        raise EditorError(f"{where}.weight_decay_streams={streams!r}; expected a tuple of stream names from "
+                          f"{list(STREAMS)}, e.g. ('audio',) or ('audio', 'text').")
+    if hp.weight_decay < 0 or hp.kl_factor < 0:
+        raise EditorError(f"{where}: weight_decay and kl_factor must be >= 0; got {hp.weight_decay}, {hp.kl_factor}.")
+
+
+def optimise_value(ctx: EditContext, prep: Any, site: Site, name: str, hp: Any, **kw: Any):
+    """:func:`~lalm_interp.editors.keys.optimise_delta` with the v*-loss settings of ``hp`` (ROME's or
+    AlphaEdit's hyper-parameters): the weight decay applies only when ``site``'s stream is in
+    ``hp.weight_decay_streams``; ``wd_form`` / ``kl_direction`` choose the loss terms of
+    :mod:`~lalm_interp.editors.losses`. ``kw``: the remaining ``optimise_delta`` arguments."""
+    import inspect
+
+    wd = hp.weight_decay if site.stream in hp.weight_decay_streams else 0.0
+    args = dict(steps=hp.steps, lr=hp.lr, weight_decay=wd, clamp_norm_factor=hp.clamp_norm_factor,
+                kl_factor=hp.kl_factor, stop_nll=hp.stop_nll, **kw)
+    params = inspect.signature(optimise_delta).parameters
+    if "wd_form" in params and "kl_direction" in params:
+        args.update(wd_form=hp.wd_form, kl_direction=hp.kl_direction)
+    elif (hp.wd_form, hp.kl_direction) != LEGACY_LOSS and (wd > 0 or (hp.kl_factor > 0 and kw.get("kl_preps"))):
+        warnings.warn(
+            f"this installation's keys.optimise_delta takes no wd_form/kl_direction: the v* loss uses "
+            f"‖δ‖²/‖v‖² and KL(P₀‖P_δ), not the requested {hp.wd_form!r}/{hp.kl_direction!r} "
+            "(docs/editors/rome.md#paper-vs-this-implementation).", EditorWarning, stacklevel=3)
+    return optimise_delta(ctx, prep, site, name, **args)
 
 
 def key_mode(site: Site, mode: str, value_mode: str = "edit") -> str:
@@ -27,58 +85,61 @@ def key_mode(site: Site, mode: str, value_mode: str = "edit") -> str:
 
 @dataclass(frozen=True)
 class RomeHParams:
-    """Hyper-parameters of :class:`Rome`. Defaults are what flips known facts on the organism
-    (measured in ``docs/editors/rome.md``); the paper / ROME values are noted per field.
+    """Hyper-parameters of :class:`Rome`. The defaults are the ``paper`` preset (the paper's
+    settings for Qwen2-Audio, ROME's published values where the paper is silent); the
+    ``organism`` preset holds the measured settings for the tiny trained model
+    (``lalm_interp/editors/presets/rome/*.json``, ``docs/editors/rome.md#paper-vs-this-implementation``).
 
-    steps: gradient steps for v* (paper: 10; default 30 — 10 steps left log P(new) 7-11 nats short
-        on the organism). Unit: Adam steps.
-    lr: Adam learning rate of δ = v* − v (paper 0.5; default 1.0). Unit: activation units per step.
-    weight_decay: weight of ‖δ‖²/‖v‖² in the loss. Unit: nats per squared relative norm.
+    steps: Adam steps of the v* optimisation (paper: 10). Unit: Adam steps.
+    lr: Adam learning rate of δ = v* − v (paper: 0.5, ROME's ``v_lr``). Unit: activation units per step.
+    weight_decay: weight of the weight-decay term (ROME's ``v_weight_decay`` = 0.5). Unit: nats per
+        ‖δ‖/‖v‖² (``wd_form="rome"``) or per (‖δ‖/‖v‖)² (``"squared"``).
+    wd_form: ``"rome"`` (ROME's compute_v: weight_decay·‖δ‖/‖v‖²) or ``"squared"``
+        (weight_decay·‖δ‖²/‖v‖², this project's first form); :mod:`~lalm_interp.editors.losses`.
+    weight_decay_streams: the streams whose edits get the weight-decay term (paper: audio-layer
+        edits only, ``("audio",)``; the term is 0 on other streams). Unit: stream names.
     kl_factor: weight of the KL term keeping the subject's other predictions (used only when the
-        request has ``kl_prompts``). Unit: nats per nat.
-    clamp_norm_factor: ‖δ‖ is clamped to this multiple of ‖v‖ (ROME: 4, which bound at every step
-        on the organism, whose v are small next to the 10-15 nat gaps; default 50). Unit: ratio.
+        request has ``kl_prompts``; ROME: 0.0625). Unit: nats per nat.
+    kl_direction: ``"rome"`` = KL(P_δ ‖ P₀), ROME's ``kl_div(log P₀, log P_δ, log_target=True)``,
+        or ``"reverse"`` = KL(P₀ ‖ P_δ) (this project's first form).
+    clamp_norm_factor: ‖δ‖ is clamped to this multiple of ‖v‖ after each step (ROME: 4). Unit: ratio.
     cov: ``"second_moment"`` (ROME: C = E[k kᵀ] of the corpus keys, from the cache) or
         ``"identity"`` (C = I: the minimum-norm update, the paper's eq. 7).
     cov_reg: when C is singular (smallest/largest eigenvalue below ``cov_rcond``), C + λ·(tr C/d)·I
         is used with λ = cov_reg, and an :class:`EditorWarning` is issued. Unit: fraction of the
         mean eigenvalue.
     cov_rcond: singularity threshold on the eigenvalue ratio. Unit: ratio.
-    stop_nll: stop the v* optimisation early when the mean target NLL is below this. Unit: nats.
-    value_mode: how δ acts while v* is optimised: ``"edit"`` (default) adds δ·(uᵀx_t)/(uᵀk*) at every
-        position t — exactly what ΔW will add, since the key is pooled over several frames/tokens —
-        or ``"span"`` (ROME's original) adds δ over the subject word's positions only.
-    key_span: where k* and v* are taken: ``"word"`` = the request's subject word (ROME's last
-        subject token; on text sites the subject word's audio-token positions, mean-pooled),
-        ``"last_token"`` = the prompt's final token (text sites only), ``"auto"`` (default) =
-        ``"last_token"`` on text sites and the subject word on audio sites. On the organism the
-        text MLPs' causal effect sits at the last token (tracing), and ``"word"`` keys on text
-        layers flipped 38-62 % of known facts vs 88-100 % for ``"last_token"`` (docs/editors/rome.md).
+    stop_nll: stop the v* optimisation early when the mean target NLL is below this (ROME stops at
+        a total loss below 5e-2). Unit: nats.
+    value_mode: how δ acts while v* is optimised: ``"span"`` (ROME's original) adds δ over the key
+        span's positions only; ``"edit"`` adds δ·(uᵀx_t)/(uᵀk*) at every position t — exactly what
+        ΔW will add, since the key is pooled over several frames/tokens.
+    key_span: where k* and v* are taken: ``"word"`` = the request's subject word (``EditRequest.word``:
+        first or last subject word, mean-pooled; on text sites its audio-token positions in the
+        LLM), ``"last_token"`` = the prompt's final token (text sites only), ``"auto"`` =
+        ``"last_token"`` on text sites and the subject word on audio sites.
     keys: ``"mean"`` (ROME, the paper's form: one key k* = the mean over the key span, a rank-one
-        update with (W + ΔW) k* = v*), ``"frames"`` (one key per position of the span — every
-        encoder frame of the subject word on audio sites — and one value residual per key, solved
-        jointly: ΔW = R (KᵀC⁻¹K + ρI)⁻¹ KᵀC⁻¹, rank ≤ number of frames; see
-        :func:`multi_key_update`) or ``"auto"`` (``"frames"`` on audio sites, ``"mean"`` on text
-        sites and with ``value_mode="span"``). Default ``"mean"``: the paper's form (the issue's
-        spec: audio keys mean-pooled over the word's frames). On a one-position span
-        (``key_span="last_token"``) both coincide up to ρ. ``"frames"`` needs ``value_mode="edit"``.
-        On the organism's audio layer 1, ``"mean"`` reached v* (NLL < 1 nat) for 10 of 20 held-out
-        known facts, ``"frames"`` for 12 (all the reachable ones; docs/editors/rome.md).
-    frames_reg: ρ of ``keys="frames"`` as a fraction of the mean eigenvalue of KᵀC⁻¹K (the frames'
-        keys are strongly correlated; ρ keeps the solve well-posed). Unit: ratio.
+        update with (W + ΔW) k* = v*), ``"frames"`` (one key per position of the span, solved
+        jointly: ΔW = R (KᵀC⁻¹K + ρI)⁻¹ KᵀC⁻¹; see :func:`multi_key_update`; needs
+        ``value_mode="edit"``) or ``"auto"`` (``"frames"`` on audio sites, ``"mean"`` on text
+        sites and with ``value_mode="span"``).
+    frames_reg: ρ of ``keys="frames"`` as a fraction of the mean eigenvalue of KᵀC⁻¹K. Unit: ratio.
     """
 
-    steps: int = 30
-    lr: float = 1.0
-    weight_decay: float = 1e-3
+    steps: int = 10
+    lr: float = 0.5
+    weight_decay: float = 0.5
+    wd_form: str = "rome"
+    weight_decay_streams: tuple[str, ...] = ("audio",)
     kl_factor: float = 0.0625
-    clamp_norm_factor: float = 50.0
+    kl_direction: str = "rome"
+    clamp_norm_factor: float = 4.0
     cov: str = "second_moment"
     cov_reg: float = 1e-2
     cov_rcond: float = 1e-7
     stop_nll: float = 0.05
-    value_mode: str = "edit"
-    key_span: str = "auto"
+    value_mode: str = "span"
+    key_span: str = "word"
     keys: str = "mean"
     frames_reg: float = 1e-2
 
@@ -96,6 +157,7 @@ class RomeHParams:
             raise EditorError(f"RomeHParams.frames_reg must be >= 0; got {self.frames_reg}.")
         if self.cov not in ("second_moment", "identity"):
             raise EditorError(f"RomeHParams.cov={self.cov!r}; expected 'second_moment' or 'identity'.")
+        check_loss_options("RomeHParams", self)
         if self.steps < 0 or self.lr <= 0 or self.clamp_norm_factor <= 0 or self.cov_reg <= 0:
             raise EditorError(f"RomeHParams: steps >= 0 and lr, clamp_norm_factor, cov_reg > 0 required; got {self}.")
 
@@ -167,6 +229,12 @@ class Rome(Editor):
     HParams = RomeHParams
     accumulates = False
 
+    def __init__(self, sites: Any, hparams: Any = None, preset: str | None = None, **overrides: Any):
+        from . import presets
+
+        super().__init__(sites, presets.resolve(self.name, hparams, preset), **overrides)
+        self.preset = preset
+
     def check_sites(self, adapter: Any, sites: list[Site]) -> None:
         require_mlp_down(self.name, adapter, sites, n=1)
 
@@ -196,9 +264,8 @@ class Rome(Editor):
             return self._edit_frames(ctx, req, site, handle, init, C, prep, name, kl)
         k = pooled(ctx, prep, site.with_port("in"), name)  # k*: mean key over the subject word
         u = k if C is None else torch.linalg.solve(C, k)  # ΔW ∝ δ uᵀ
-        res = optimise_delta(ctx, prep, site, name, steps=hp.steps, lr=hp.lr, weight_decay=hp.weight_decay,
-                             clamp_norm_factor=hp.clamp_norm_factor, kl_factor=hp.kl_factor, kl_preps=kl,
-                             init=init, stop_nll=hp.stop_nll, rank_one=(k, u) if hp.value_mode == "edit" else None)
+        res = optimise_value(ctx, prep, site, name, hp, kl_preps=kl, init=init,
+                             rank_one=(k, u) if hp.value_mode == "edit" else None)
         module = adapter.module(ctx.model, site)
         handle.track(site, module, adapter.module_path(site))
         W = module.weight
@@ -218,9 +285,7 @@ class Rome(Editor):
         hp, adapter = self.hparams, ctx.adapter
         K = frames(ctx, prep, site.with_port("in"), name).T  # (in, n): one key per frame of the word
         M = multi_key_mix(K, C, hp.frames_reg)  # (n, in)
-        res = optimise_delta(ctx, prep, site, name, steps=hp.steps, lr=hp.lr, weight_decay=hp.weight_decay,
-                             clamp_norm_factor=hp.clamp_norm_factor, kl_factor=hp.kl_factor, kl_preps=kl,
-                             init=init, stop_nll=hp.stop_nll, mix=M)
+        res = optimise_value(ctx, prep, site, name, hp, kl_preps=kl, init=init, mix=M)
         module = adapter.module(ctx.model, site)
         handle.track(site, module, adapter.module_path(site))
         W = module.weight

@@ -117,3 +117,16 @@ def test_multi_key_ridge_shrinks_and_copes_with_repeated_keys():
     M0, M1 = multi_key_mix(K[:, 1:], None, 0.0), multi_key_mix(K[:, 1:], None, 0.5)
     assert torch.allclose(M0 @ K[:, 1:], torch.eye(2, dtype=torch.float64), atol=1e-10)
     assert float(torch.linalg.eigvalsh(M1 @ K[:, 1:]).max()) < 1  # the ridge shrinks what is reached
+
+
+def test_absolute_null_space_cut_matches_alphaedits_svd_reference():
+    """AlphaEdit_main.get_project: U, S = svd(cov); P = U[:, S < threshold] U[:, S < threshold]ᵀ on the
+    count-normalised key covariance (its nullspace_threshold = 2e-2)."""
+    K = rand(16, 400, seed=60) * torch.logspace(-2, 0.5, 16, dtype=torch.float64)[:, None]
+    cov = K @ K.T / 400
+    U, S, _ = torch.linalg.svd(cov)
+    small = S < 2e-2
+    ref = U[:, small] @ U[:, small].T
+    P = torch.from_numpy(nullspace_projector(cov.numpy(), 2e-2))
+    assert 0 < int(small.sum()) < 16
+    assert torch.allclose(P, ref, atol=1e-10)
