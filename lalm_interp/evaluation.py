@@ -75,15 +75,10 @@ def probe_rate(probe: Any) -> int | None:
 
 
 def _build(ctx: EditContext, probes: Sequence[Any]):
-    """``build_inputs`` for probes, passing their sample rates when this installation's
-    ``build_inputs`` takes them (it never guesses a rate)."""
-    import inspect
-
-    kw = {}
-    if "sample_rate" in inspect.signature(build_inputs).parameters:
-        kw["sample_rate"] = [probe_rate(p) for p in probes]
+    """``build_inputs`` for probes, each at its own stated sample rate (never a guessed one)."""
     return build_inputs(ctx.processor, ctx.adapter, [p.audio for p in probes],
-                        instruction=[p.instruction for p in probes], **kw)
+                        instruction=[p.instruction for p in probes],
+                        sample_rate=[probe_rate(p) for p in probes])
 
 
 @dataclass(frozen=True)

@@ -128,15 +128,19 @@ class KeyCorpus:
     """Clips whose keys give an editor its statistics (ROME's C, AlphaEdit's protected K0).
 
     id: names the corpus in the statistics cache; include what makes it unique (source, size).
-    clips: 16 kHz mono float32 arrays (or anything with ``.audio``, e.g. corpus utterances).
+    clips: mono float32 arrays at ``sample_rate`` (or anything with ``.audio``, e.g. corpus
+        utterances, which read as 16 kHz).
     batch_size: clips per forward pass while collecting keys.
     instruction: the text instruction after each clip (text-side keys include it).
+    sample_rate: the rate of ``clips`` in Hz (resampled to the model's rate). Default 16000: the
+        rate of corpus utterances, LibriSpeech and :func:`lalm_interp.load_audio`.
     """
 
     id: str
     clips: Sequence[Any]
     batch_size: int = 8
     instruction: str = DEFAULT_INSTRUCTION
+    sample_rate: int = 16000
 
     def audio(self, i: int) -> np.ndarray:
         c = self.clips[i]

@@ -44,7 +44,7 @@ class Prepared:
 
 def prepare_prompt(ctx: EditContext, prompt: Any, target: str) -> Prepared:
     batch = place(build_inputs(ctx.processor, ctx.adapter, [prompt.audio], instruction=prompt.instruction,
-                               names=[prompt.id]), ctx.model)
+                               names=[prompt.id], sample_rate=prompt.sample_rate), ctx.model)
     pm = position_map(ctx.adapter, batch, 0, as_words(prompt.words), prompt.subject)
     ids = object_token_ids(ctx.tokenizer, target, object_prefix(ctx.adapter, batch))
     inputs, L = teacher_forced_inputs(batch, [ids], ctx.tokenizer.pad_token_id or 0)
@@ -204,7 +204,8 @@ def corpus_keys(ctx: EditContext, site: Site) -> Iterator[np.ndarray]:
     window = window_samples(adapter)
 
     def keys_of(clips: list) -> np.ndarray:
-        batch = place(build_inputs(ctx.processor, adapter, clips, instruction=corpus.instruction), ctx.model)
+        batch = place(build_inputs(ctx.processor, adapter, clips, instruction=corpus.instruction,
+                                   sample_rate=corpus.sample_rate), ctx.model)
         x = capture(ctx, [site], batch.model_inputs)[site]
         rows = []
         for r in range(len(clips)):

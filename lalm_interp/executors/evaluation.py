@@ -59,7 +59,8 @@ def portable(case: Any) -> Any:
     from ..evaluation import Probe
 
     def p(x: Any) -> Any:
-        return x if x.item is None else Probe(x.id, x.target_true, audio_array=x.audio, instruction=x.instruction)
+        return x if x.item is None else Probe(x.id, x.target_true, audio_array=x.audio, instruction=x.instruction,
+                                                    sample_rate=x.rate)
 
     return replace(case, paraphrases=tuple(map(p, case.paraphrases)), neighbours=tuple(map(p, case.neighbours)))
 

@@ -20,7 +20,7 @@ def noise(seconds, seed):
 
 
 def request(seed=0, new="Seattle"):
-    return EditRequest(SpokenPrompt(f"ex{seed}", noise(1.95, seed), WORDS, (0, 1), "Paris"), new, "first")
+    return EditRequest(SpokenPrompt(f"ex{seed}", noise(1.95, seed), WORDS, (0, 1), "Paris", sample_rate=16000), new, "first")
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ def noise(seconds, seed):
 
 
 def request(seed=0, new="Seattle", true="Paris", word="first", subject=(0, 1)):
-    return EditRequest(SpokenPrompt(f"ex{seed}", noise(1.95, seed), WORDS, subject, true), new, word)
+    return EditRequest(SpokenPrompt(f"ex{seed}", noise(1.95, seed), WORDS, subject, true, sample_rate=16000), new, word)
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +43,7 @@ def same(model, snap):
 
 
 def p_new(ctx, req):
-    b = build_inputs(ctx.processor, ctx.adapter, [req.prompt.audio])
+    b = build_inputs(ctx.processor, ctx.adapter, [req.prompt.audio], sample_rate=16000)
     return float(score_objects(ctx.model, ctx.adapter, b, [req.target_new]).total[0].exp())
 
 
@@ -68,7 +68,8 @@ def test_edit_raises_p_new_and_reverts_bitwise(ctx, method, site):
     req = request()
     snap, flags = snapshot(model), [p.requires_grad for p in model.parameters()]
     before = p_new(ctx, req)
-    handle = make(method, site).apply(ctx, req)
+    # the organism preset: the paper's 10 steps / clamp 4 do not close the gap on a random tiny model
+    handle = make(method, site, preset="organism").apply(ctx, req)
     after = p_new(ctx, req)
     assert after > before, (before, after)
     assert not same(model, snap)
@@ -154,7 +155,7 @@ def test_bad_requests_are_clear_errors_and_touch_nothing(ctx, bad, match):
 def test_word_outside_the_audio_is_a_clear_error(ctx):
     snap = snapshot(ctx.model)
     # timings of a longer clip: the subject word "is" (1.785 s) lies after the 1.2 s of audio
-    req = EditRequest(SpokenPrompt("short", noise(1.2, 7), WORDS, (3, 3), "Paris"), "Seattle", "last")
+    req = EditRequest(SpokenPrompt("short", noise(1.2, 7), WORDS, (3, 3), "Paris", sample_rate=16000), "Seattle", "last")
     with pytest.raises(EditorError, match="span"):
         make("rome", "audio.layers.1.mlp.down").apply(ctx, req)
     assert same(ctx.model, snap)
@@ -197,7 +198,7 @@ def test_audio_keys_mean_is_rank_one_and_frames_is_the_multi_key_update(ctx):
     assert rec["keys"] == "mean" and rec["n_keys"] == 1 and rec["rel_error_Wk_v"] < 1e-6
     assert h.changes[0]["delta_rank"] == 1
     h.revert()
-    ed = make("rome", site, keys="auto", steps=3)  # "auto" = frames on audio sites
+    ed = make("rome", site, preset="organism", keys="auto", steps=3)  # "auto" = frames on audio sites
     h = ed.apply(ctx, req)
     rec = h.info["requests"][0]
     from lalm_interp.sites import parse
@@ -227,7 +228,7 @@ def test_alphaedit_audio_keys_frames_and_mean(ctx):
     snap = snapshot(ctx.model)
     req = request(16)
     for keys, many in (("mean", False), ("frames", True), ("auto", True)):
-        ed = make("alphaedit", "audio.layers.1:3", keys=keys, steps=2)
+        ed = make("alphaedit", "audio.layers.1:3", preset="organism", keys=keys, steps=2)
         h = ed.apply(ctx, req)
         assert (h.info["n_keys"] > 1) == many and h.info["keys"] == ("frames" if many else "mean")
         assert all((c["delta_rank"] > 1) == many for c in h.changes)

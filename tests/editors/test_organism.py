@@ -81,7 +81,8 @@ def test_editor_flips_known_facts(setup, method, site, hp):
     from lalm_interp.evaluation import run
 
     ctx, cases, before = setup
-    res = run(make(method, site, **hp), ctx, cases, before=before)  # each editor's mode (reset / accumulate)
+    # the organism's own preset (docs/editors/index.md#presets), each editor's mode (reset / accumulate)
+    res = run(make(method, site, preset="organism", **hp), ctx, cases, before=before)
     assert res.summary["n_cases"] >= N_CASES
     assert res.baseline["ES"] < 50  # known facts: the true object wins before the edit
     assert res.summary["ES"] >= 50, res.summary  # ... and target_new wins after it, for most cases

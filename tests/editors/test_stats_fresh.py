@@ -23,7 +23,7 @@ def noise(seconds, seed):
 
 
 def request(seed=0, new="Seattle"):
-    return EditRequest(SpokenPrompt(f"ex{seed}", noise(1.95, seed), WORDS, (0, 1), "Paris"), new, "first")
+    return EditRequest(SpokenPrompt(f"ex{seed}", noise(1.95, seed), WORDS, (0, 1), "Paris", sample_rate=16000), new, "first")
 
 
 CORPUS = KeyCorpus("noise:4", [noise(2.5, 100 + i) for i in range(4)])
@@ -96,8 +96,8 @@ def test_crossmodal_in_process_equals_sharded(tiny_deep, tmp_path):
     from lalm_interp.evaluation import EditCase, Probe, run
     from lalm_interp.executors import LocalExecutor, evaluate_sharded
 
-    cases = [EditCase(request(10 + i, new=n), paraphrases=(Probe(f"p{i}", "Paris", audio_array=noise(1.9, 40 + i)),),
-                      neighbours=(Probe(f"n{i}", "London", audio_array=noise(1.9, 50 + i)),))
+    cases = [EditCase(request(10 + i, new=n), paraphrases=(Probe(f"p{i}", "Paris", audio_array=noise(1.9, 40 + i), sample_rate=16000),),
+                      neighbours=(Probe(f"n{i}", "London", audio_array=noise(1.9, 50 + i), sample_rate=16000),))
              for i, n in enumerate(("Seattle", "guitar"))]
     ed = lambda: editor("crossmodal", CROSS["crossmodal"])  # noqa: E731
     inproc = run(ed(), context(tiny_deep, tmp_path / "a"), cases)
