@@ -38,23 +38,26 @@ def key_corpus(args: Any, bench: Any, say) -> Any:
     """The statistics corpus: LibriSpeech (``--librispeech``) or the synthesised fallback, built
     from facts outside the benchmark (so no edited fact is protected). Shared by ``stats run``, so
     both commands name the corpus (and key its statistics) the same way."""
-    from lalm_interp.bench.corpus import load_librispeech, open_corpus, synthesise_corpus
+    from lalm_interp.bench.corpus import (LIBRISPEECH_N, SYNTH_N, corpus_id, load_librispeech, open_corpus,
+                                          synthesise_corpus)
     from lalm_interp.bench.datasets import load_facts
     from lalm_interp.editors import KeyCorpus
 
-    if args.librispeech:
-        utts = load_librispeech(args.librispeech, limit=args.corpus_n)
-        return KeyCorpus(f"librispeech:{Path(args.librispeech).name}:{len(utts)}", utts)
+    if args.librispeech:  # the paper's protected corpus: 5,000 utterances unless --corpus-n says otherwise
+        utts = load_librispeech(args.librispeech, limit=args.corpus_n or LIBRISPEECH_N)
+        return KeyCorpus(corpus_id(utts, f"librispeech:{Path(args.librispeech).name}"), utts)
+    n = args.corpus_n or SYNTH_N
     exclude = sorted(bench.facts)
     tag = hashlib.sha256(json.dumps(exclude).encode()).hexdigest()[:8]
-    folder = Path(args.corpus or Path(args.cache or "cache") / f"protected_corpus-{args.corpus_n}-{tag}").resolve()
+    folder = Path(args.corpus or Path(args.cache or "cache") / f"protected_corpus-{n}-{tag}").resolve()
     if (folder / "corpus.jsonl").is_file():
         utts = open_corpus(folder)
     else:
-        say(f"synthesising the protected corpus ({args.corpus_n} sentences) into {folder}")
+        say(f"synthesising the protected corpus ({n} sentences) into {folder}")
         facts = load_facts("counterfact") + load_facts("known1000")
-        utts = synthesise_corpus(folder, n=args.corpus_n, facts=facts, exclude=exclude)
-    return KeyCorpus(f"synth:{len(utts)}:{tag}", utts)
+        utts = synthesise_corpus(folder, n=n, facts=facts, exclude=exclude)
+    # named by its contents: statistics are shared only by corpora holding the same utterances
+    return KeyCorpus(corpus_id(utts), utts)
 
 
 def closest(name: str, valid: Any) -> str:
@@ -101,6 +104,23 @@ def make_editor(args: Any, sites: Any = None) -> Any:
         k, _, v = kv.partition("=")
         hp = set_hparam(hp, k.strip(), v.strip())
     return cls(spec, hp) if not preset else _with_hparams(editor, hp)
+
+
+def model_preset(name: str) -> str:
+    """The preset ``--model NAME`` asks for without loading it: ``organism`` for the organism (by
+    name, or a folder whose ``manifest.json`` holds an organism recipe), else ``paper``: the same
+    rule as :func:`lalm_interp.editors.presets.default_preset` on a loaded model."""
+    from lalm_interp.editors import presets
+
+    if str(name) == "organism":
+        return presets.ORGANISM
+    man = Path(str(name)) / "manifest.json"
+    try:
+        if man.is_file() and "recipe" in json.loads(man.read_text("utf-8")):
+            return presets.ORGANISM
+    except (OSError, ValueError):
+        pass
+    return presets.PAPER
 
 
 def _with_hparams(editor: Any, hp: Any) -> Any:
@@ -269,6 +289,8 @@ def run(args) -> int:
     editor_class(args.method)  # a bad --method fails before anything loads
     if args.site:
         auto_streams(args.method, args.site)  # a bad mix of auto and explicit sites too
+    if args.preset is None:  # the model's own preset (docs/editors/index.md#presets), never a silent default
+        args.preset = model_preset(args.model)
     check_preset(args.method, args.preset)
     bench = Benchmark.open(args.bench)
     cases = cases_from_benchmark(bench, word=args.word, rendition=args.rendition)
@@ -409,7 +431,8 @@ def register(sub) -> None:
                         "of the edit prompts; omitted: the model's documented default sites, else auto")
     r.add_argument("--auto-n", type=int, default=8, help="edit prompts traced by --site auto (default 8)")
     r.add_argument("--preset", default=None,
-                   help="named hyper-parameter preset of the editor (e.g. paper, organism); --hparam overrides it")
+                   help="named hyper-parameter preset of the editor (paper, organism; default: the model's own — organism for the "
+                        "organism, paper otherwise); --hparam overrides it")
     r.add_argument("--word", default="last", choices=["first", "last", "subject"], help="subject word the key is taken at")
     r.add_argument("--out", required=True,
                    help="output folder: result.json and cases/ (one file per finished case: a rerun resumes)")
@@ -428,7 +451,9 @@ def register(sub) -> None:
                         "— an answer the model gives; audio-side edits cannot reach others on small models")
     r.add_argument("--cache", default=None, help="activation cache root for key statistics (default: $LALM_INTERP_CACHE or ./cache)")
     r.add_argument("--corpus", default=None, help="folder of the synthesised protected corpus (made if missing)")
-    r.add_argument("--corpus-n", type=int, default=200, help="utterances in the statistics corpus (paper: 5000)")
+    r.add_argument("--corpus-n", type=int, default=None,
+                   help="utterances in the statistics corpus (default: 5000 LibriSpeech as in the paper, or 600 "
+                        "synthesised, docs/editors/protected-corpus.md)")
     r.add_argument("--librispeech", default=None, help="LibriSpeech split folder to use as the corpus instead")
     r.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     r.add_argument("--quiet", action="store_true")

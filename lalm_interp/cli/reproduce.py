@@ -5,6 +5,20 @@ from __future__ import annotations
 import json
 
 
+def int_list(text: str) -> list[int]:
+    """``1,2,3`` → ``[1, 2, 3]`` (list options are comma-separated everywhere; spaces also work)."""
+    import argparse
+
+    try:
+        return [int(t) for t in str(text).split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of layer numbers, e.g. 1,2,3") from None
+
+
+def flat(groups) -> tuple[int, ...] | None:
+    return tuple(x for g in groups for x in g) if groups else None
+
+
 def run(args) -> int:
     from lalm_interp.reproduce import ReproduceConfig, run as run_reproduce
 
@@ -12,8 +26,8 @@ def run(args) -> int:
         config=args.config, model=args.model, data=args.data, source=args.source, out=args.out, limit=args.limit,
         renditions=args.renditions, n_trace=args.n_trace, k_known=args.k, m_random=args.m, seed=args.seed,
         window=args.window, word=args.word,
-        audio_layers=tuple(args.audio_layers) if args.audio_layers else None,
-        text_layers=tuple(args.text_layers) if args.text_layers else None,
+        audio_layers=flat(args.audio_layers), text_layers=flat(args.text_layers),
+        preset=args.preset, librispeech=args.librispeech,
     )
     from lalm_interp.executors import from_cli, using
 
@@ -38,8 +52,16 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--window", type=int, default=10, help="restoration window, capped at the stack depth")
     p.add_argument("--word", choices=["first", "last"], default="last")
-    p.add_argument("--audio-layers", type=int, nargs="+", default=None)
-    p.add_argument("--text-layers", type=int, nargs="+", default=None)
+    p.add_argument("--audio-layers", type=int_list, nargs="+", default=None,
+                   help="audio layers to edit, comma-separated (e.g. 1,2,3); default: chosen by AIE")
+    p.add_argument("--text-layers", type=int_list, nargs="+", default=None,
+                   help="text layers to edit, comma-separated (e.g. 4,5,6); default: chosen by AIE")
+    p.add_argument("--preset", default=None,
+                   help="editor hyper-parameter preset (default: the model's own — organism for the organism, "
+                        "paper otherwise; docs/editors/index.md#presets)")
+    p.add_argument("--librispeech", default=None,
+                   help="LibriSpeech split folder for the protected/statistics corpus (the paper's 5,000 "
+                        "utterances); default: the synthesised fallback")
     from lalm_interp.executors import add_cli_options
 
     add_cli_options(p)
