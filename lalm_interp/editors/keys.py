@@ -15,6 +15,7 @@ Hooks are always removed (``try/finally``) and parameters' ``requires_grad`` fla
 
 from __future__ import annotations
 
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
@@ -399,6 +400,14 @@ def optimise_delta(ctx: EditContext, prep: Prepared, site: Site, name: str, *, s
                 loss = loss + kl_factor / len(kl_preps) * kl_term(ref, lp, kl_direction)
             opt.zero_grad()
             loss.backward()
+            if step == 0 and delta.grad is not None and not bool(delta.grad.any()):
+                from .base import EditorWarning
+
+                warnings.warn(f"the value change at {site} (positions {a}:{b}) does not reach the target's "
+                              "logits: its gradient is exactly 0, so this edit cannot change the prediction "
+                              "(e.g. the last layer edited at positions before the last token). Pick an earlier "
+                              "layer, or key_span='last_token'. Docs: docs/errors/editors.md",
+                              EditorWarning, stacklevel=3)
             opt.step()
             with torch.no_grad():
                 n = delta.norm()

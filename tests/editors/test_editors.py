@@ -338,3 +338,17 @@ def test_shared_baseline_equals_rescoring(ctx):
     assert a.baseline == b.baseline and a.summary == b.summary
     with pytest.raises(EditorError, match="before="):
         run(make("rome", "text.layers.2.mlp.down", steps=2), ctx, cases, before=before[:1])
+
+
+def test_an_edit_that_cannot_reach_the_prediction_warns(ctx):
+    """At the last text layer, a value change at the subject word's positions never reaches the
+    last token's logits (the gradient is exactly 0): the edit used to do nothing, silently."""
+    n = ctx.adapter.n_layers("text")
+    with pytest.warns(EditorWarning, match="gradient is exactly 0"):
+        h = make("rome", f"text.layers.{n - 1}.mlp.down", cov="identity", steps=2,
+                 key_span="word").apply(ctx, request(21))
+    h.revert()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", EditorWarning)
+        make("rome", f"text.layers.{n - 1}.mlp.down", cov="identity", steps=2,
+             key_span="last_token").apply(ctx, request(21)).revert()
