@@ -41,6 +41,8 @@ class DemoConfig:
     window: layers restored around each centre layer (the paper's 10 on a 32-layer model; the
         6-layer organism uses 3).
     seed: seed of the edit-set sampling and the noise.
+    corpus_n: sentences of the synthesised protected / statistics corpus (default 600, the measured
+        size, docs/editors/protected-corpus.md; ``--quick`` uses 64, which protects less).
     """
 
     out: str = "demo_out"
@@ -51,11 +53,12 @@ class DemoConfig:
     rendition: str | None = None
     window: int = 3
     seed: int = 0
+    corpus_n: int = 600
 
     @classmethod
     def quick(cls, **kw: Any) -> "DemoConfig":
         """A reduced size that still touches every stage (CI)."""
-        base = dict(n_facts=10, n_trace=3, n_edit=4)
+        base = dict(n_facts=10, n_trace=3, n_edit=4, corpus_n=64)
         base.update(kw)
         return cls(**base)
 

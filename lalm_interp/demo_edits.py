@@ -62,7 +62,7 @@ def table1(cfg: Any, model, processor, adapter, bench, known: list[str], recipe)
     from tqdm.auto import tqdm
 
     from . import evaluation
-    from .bench.corpus import protected_corpus
+    from .bench.corpus import SYNTH_N, corpus_id, protected_corpus
     from .editors import EditContext, KeyCorpus, make, presets
 
     out = Path(cfg.out)
@@ -70,12 +70,12 @@ def table1(cfg: Any, model, processor, adapter, bench, known: list[str], recipe)
     cases = evaluation.cases_from_benchmark(bench, word=WORD, fact_ids=known, limit=cfg.n_edit,
                                             instruction=recipe.instruction)
     exclude = [c.request.prompt.id for c in cases]
-    utts = protected_corpus(None, n=64, fallback_dir=out / "protected_corpus", exclude=exclude) \
-        if _accepts_exclude() else protected_corpus(None, n=64, fallback_dir=out / "protected_corpus")
+    n = getattr(cfg, "corpus_n", SYNTH_N)
+    utts = protected_corpus(None, n=n, fallback_dir=out / f"protected_corpus-{n}", exclude=exclude)
     from .cache import Store
 
     ctx = EditContext(model, processor, adapter, store=Store(out / "cache"),
-                      corpus=KeyCorpus(f"demo-synth:{len(utts)}", utts, instruction=recipe.instruction))
+                      corpus=KeyCorpus(corpus_id(utts, "demo-synth"), utts, instruction=recipe.instruction))
     results = []
     rows = []
     plan = table1_plan(agg)
@@ -121,11 +121,3 @@ ROW_FIELDS = ("reached", "n_cases", "n_paraphrase", "n_paraphrase_skipped", "n_n
 
 def _measured(summary: dict) -> dict:
     return {k: summary.get(k) for k in ROW_FIELDS}
-
-
-def _accepts_exclude() -> bool:
-    import inspect
-
-    from .bench.corpus import protected_corpus
-
-    return "exclude" in inspect.signature(protected_corpus).parameters
