@@ -75,7 +75,7 @@ def main() -> None:
     clips = [noise(min(2.5, window), 100 + i) for i in range(args.corpus_clips)]
     corpus = KeyCorpus(f"noise:{len(clips)}", clips)
     ctx = EditContext(model, processor, adapter, store=Store(tmp / "cache"), corpus=corpus)
-    req = EditRequest(SpokenPrompt("bench", noise(1.95, 0), WORDS, (0, 1), "Paris"), "Seattle", "first")
+    req = EditRequest(SpokenPrompt("bench", noise(1.95, 0), WORDS, (0, 1), "Paris", sample_rate=16000), "Seattle", "first")
     prep = prepare(ctx, req)
 
     def fwd_bwd():

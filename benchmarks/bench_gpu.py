@@ -55,7 +55,7 @@ def noise(seconds: float, seed: int) -> np.ndarray:
 def prompt(seed: int = 0, target: str = "Paris"):
     from lalm_interp.tracing import SpokenPrompt
 
-    return SpokenPrompt(f"ex{seed}", noise(1.95, seed), WORDS, (0, 1), target)
+    return SpokenPrompt(f"ex{seed}", noise(1.95, seed), WORDS, (0, 1), target, sample_rate=16000)
 
 
 class Clock:
@@ -135,7 +135,7 @@ def editors(device: str, out_dir: Path) -> dict[str, Any]:
     req = EditRequest(prompt(0), "Seattle", "first")
 
     def p_new() -> float:
-        batch = build_inputs(processor, adapter, [req.prompt.audio])
+        batch = build_inputs(processor, adapter, [req.prompt.audio], sample_rate=req.prompt.sample_rate)
         return float(score_objects(model, adapter, batch, [req.target_new]).total[0].exp())
 
     res: dict[str, Any] = {}
@@ -353,7 +353,8 @@ def editors_real_dims(device: str, clock: Clock, small: bool, budget_s: float, o
     fp = f"random-init-qwen2-audio{'-small' if small else '-7b'}:run-{uuid.uuid4().hex[:12]}"
     ctx = EditContext(model, processor, adapter, store=Store(out_dir / "cache"), corpus=corpus, fingerprint=fp)
     req = EditRequest(prompt(0, EDIT_TRUE), EDIT_NEW, "last")
-    pre = object_prefix(adapter, build_inputs(processor, adapter, [req.prompt.audio], instruction=req.prompt.instruction))
+    pre = object_prefix(adapter, build_inputs(processor, adapter, [req.prompt.audio], instruction=req.prompt.instruction,
+                                              sample_rate=req.prompt.sample_rate))
     res["target_new"], res["target_true"] = EDIT_NEW, EDIT_TRUE
     res["target_token_ids"] = {o: object_token_ids(processor.tokenizer, o, pre) for o in (EDIT_NEW, EDIT_TRUE)}
     res["corpus"] = {"id": corpus.id, "clips": len(corpus.clips), "cache": str(out_dir / "cache"), "fingerprint": fp}
@@ -361,7 +362,8 @@ def editors_real_dims(device: str, clock: Clock, small: bool, budget_s: float, o
     res["cpu_count"], res["omp_num_threads"] = os.cpu_count(), os.environ.get("OMP_NUM_THREADS")
 
     def p_of(obj: str) -> float:
-        batch = build_inputs(processor, adapter, [req.prompt.audio], instruction=req.prompt.instruction)
+        batch = build_inputs(processor, adapter, [req.prompt.audio], instruction=req.prompt.instruction,
+                             sample_rate=req.prompt.sample_rate)
         return float(score_objects(model, adapter, batch, [obj]).total[0].exp())
 
     eigh_done: set[str] = set()

@@ -36,7 +36,7 @@ def _setup(model_name: str):
     audio = (0.3 * rng.standard_normal(int(1.95 * 16000))).astype(np.float32)
     words = (("Metropolitan", 0.0, 0.765), ("France's", 0.765, 1.270), ("capital", 1.270, 1.785),
              ("is", 1.785, 1.943))
-    ex = SpokenPrompt("bench", audio, words, (0, 1), "Paris")
+    ex = SpokenPrompt("bench", audio, words, (0, 1), "Paris", sample_rate=16000)
     return Prepared(model, processor, adapter, ex, Experiment("bench"))
 
 

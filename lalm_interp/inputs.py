@@ -1,7 +1,7 @@
 """Spoken-prompt inputs: audio + a fixed text instruction → model inputs, with every position known.
 
 :func:`build_inputs` checks the audio (mono float, finite, non-empty, within the encoder window),
-resamples it from the stated ``sample_rate`` (default 16 kHz) to the model's rate,
+resamples it from the stated ``sample_rate`` (required: never guessed) to the model's rate,
 renders the prompt through the processor's chat template (or the plain base-model format), lets
 the real processor expand the audio placeholder to the right number of audio ids, left-pads the
 text and adds position ids. The returned :class:`PromptBatch` records, per example, where the audio
@@ -100,10 +100,29 @@ def place(inputs: "PromptBatch | dict[str, torch.Tensor]", model: torch.nn.Modul
     return _moved(inputs, device, dtype)
 
 
-MODEL_RATE_DEFAULT = 16000
-"""The rate a bare array is taken at when no ``sample_rate`` is given: 16 kHz (the rate of
-benchmark clips, the toolkit's TTS and every shipped adapter). The one default; pass
-``sample_rate=`` for anything else and the clip is resampled to the model's rate."""
+TOOLKIT_RATE = 16000
+"""The rate of the audio the toolkit itself makes: benchmark clips, :func:`lalm_interp.load_audio`'s
+output, corpus utterances and the toolkit's TTS. Not a default: a raw array given to
+:func:`build_inputs`, :class:`~lalm_interp.tracing.causal.SpokenPrompt` or ``trace_example`` needs
+its rate stated (``sample_rate=``), or the call raises :class:`AudioInputError`."""
+
+RATE_HINT = ("pass sample_rate=<the clip's rate in Hz>; lalm_interp.load_audio(path) returns 16 kHz "
+             "audio and benchmark items carry their rate (item.sample_rate)")
+
+
+def require_rates(sample_rate: Any, n: int, *, arg: str = "sample_rate", where: str = "") -> None:
+    """Raise :class:`AudioInputError` when ``n`` raw sample arrays come without their rate
+    (``sample_rate`` is ``None``, or a list holding ``None``): the rate of an array cannot be read
+    from its samples, and guessing 16 kHz silently stretches or squeezes other recordings."""
+    if isinstance(sample_rate, (list, tuple)):
+        missing = sum(r is None for r in sample_rate)
+    else:
+        missing = n if sample_rate is None else 0
+    if missing:
+        hint = RATE_HINT.replace("sample_rate=", f"{arg}=", 1)
+        raise AudioInputError(
+            f"{where}{missing} raw sample array(s) given without {arg}; the rate of an array cannot be "
+            f"read from its samples and is never guessed. Fix: {hint}.")
 
 
 def check_audio(audio: Any, sample_rate: int, adapter: Adapter, *, name: str = "audio") -> np.ndarray:
@@ -113,6 +132,7 @@ def check_audio(audio: Any, sample_rate: int, adapter: Adapter, *, name: str = "
     from .speech.audio import _rate, check_samples, resample
 
     chain = adapter.rate_chain
+    require_rates(sample_rate, 1, where=f"{name}: ")
     sample_rate = _rate(sample_rate, f"{name}: sample_rate")
     x = audio.detach().cpu().numpy() if isinstance(audio, torch.Tensor) else np.asarray(audio)
     if x.ndim == 2 and 1 in x.shape:
@@ -185,20 +205,22 @@ def build_inputs(
     adapter: Adapter,
     audios: Sequence[Any],
     *,
-    sample_rate: int | Sequence[int] = MODEL_RATE_DEFAULT,
+    sample_rate: int | Sequence[int] | None = None,
     instruction: str | Sequence[str] = DEFAULT_INSTRUCTION,
     style: str | None = None,
     names: Sequence[str] | None = None,
 ) -> PromptBatch:
     """Build a :class:`PromptBatch` for spoken prompts ``audios`` (one clip each).
 
-    sample_rate: the rate of the clips in Hz — one for all, or one per clip. Default 16000
-        (:data:`MODEL_RATE_DEFAULT`: benchmark clips, the toolkit's TTS and :func:`load_audio`'s
-        default are 16 kHz). Clips at another rate are resampled to the model's rate; say the
-        real rate, since a 44.1 kHz array passed as 16 kHz plays 2.76 x too slow.
+    sample_rate: the rate of the clips in Hz — one for all, or one per clip. Required (no
+        default): without it :class:`AudioInputError` is raised, since a 44.1 kHz array taken as
+        16 kHz plays 2.76 x too slow. Benchmark items carry theirs (``item.sample_rate``);
+        :func:`load_audio` returns 16 kHz (:data:`TOOLKIT_RATE`). Clips at another rate than the
+        model's are resampled to it.
     """
     if len(audios) == 0:
         raise AudioInputError("no audio clips given; build_inputs needs at least one.")
+    require_rates(sample_rate, len(audios), where="build_inputs: ")
     if adapter.processor is None:
         adapter.processor = processor
     names = list(names) if names is not None else [f"audio[{i}]" for i in range(len(audios))]

@@ -22,7 +22,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from .errors import ScoringError
-from .inputs import DEFAULT_INSTRUCTION, MODEL_RATE_DEFAULT, build_inputs
+from .inputs import DEFAULT_INSTRUCTION, build_inputs
 from .scoring import next_token_logprobs, object_prefix, object_token_ids
 
 
@@ -47,8 +47,9 @@ def _target(item: Any, target: str) -> str:
     return obj
 
 
-def _rate_of(item: Any) -> int:
-    return int(getattr(item, "sample_rate", MODEL_RATE_DEFAULT))
+def _rate_of(item: Any) -> int | None:
+    """The item's own rate; ``None`` (refused by ``build_inputs``) when it states none."""
+    return getattr(item, "sample_rate", None)
 
 
 @torch.no_grad()
@@ -57,9 +58,9 @@ def first_token_scores(model: torch.nn.Module, processor: Any, adapter: Any, ite
                        batch_size: int = 32, keep_logprobs: bool = False,
                        forward: Callable[[Any], torch.Tensor] | None = None) -> FirstTokenScores:
     """Top-1 correctness of the object's first token for benchmark ``items`` (anything with
-    ``.audio`` and ``.target_true``), ``batch_size`` items per forward pass. An item's audio is at
-    its ``.sample_rate`` when it has one (a :class:`~lalm_interp.tracing.causal.SpokenPrompt`), else
-    16 kHz (benchmark items: the store's clips are 16 kHz FLAC).
+    ``.audio``, ``.sample_rate`` and ``.target_true``: benchmark items, ``SpokenPrompt`` s),
+    ``batch_size`` items per forward pass. An item without ``.sample_rate`` raises
+    :class:`~lalm_interp.errors.AudioInputError` (its audio's rate is never guessed).
 
     forward: optional ``batch → next-token log-probs`` (default :func:`next_token_logprobs`), e.g.
         to score under an intervention.

@@ -20,7 +20,7 @@ def run(args) -> int:
     model, processor = tiny_qwen2_audio()
     a = adapters.for_model(model, processor)
     audio = (0.1 * np.random.default_rng(0).standard_normal(int(16000 * 2.0))).astype(np.float32)
-    batch = build_inputs(processor, a, [audio])
+    batch = build_inputs(processor, a, [audio], sample_rate=16000)
     with torch.no_grad():
         ref = model(**batch.model_inputs, use_cache=False).logits
         w = wrap(model)

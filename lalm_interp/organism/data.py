@@ -58,7 +58,8 @@ def tensors(items: Sequence[Item], processor: Any, adapter: Any, instruction: st
     tok = processor.tokenizer
     for i in range(0, len(items), chunk):
         part = items[i:i + chunk]
-        batch = build_inputs(processor, adapter, [it.audio for it in part], instruction=instruction)
+        batch = build_inputs(processor, adapter, [it.audio for it in part],
+                             sample_rate=[it.sample_rate for it in part], instruction=instruction)
         pre = object_prefix(adapter, batch)
         mi = batch.model_inputs
         feats.append(mi["input_features"].to(torch.float32))

@@ -119,7 +119,8 @@ def corruption_effect(model, processor, adapter, items: Sequence[Any], relation_
     """Corrupt conv2 over the subject frames, and over an equally long non-subject span, of the
     ``items`` (edit prompts with a subject word range) in one batch each; see the module docstring."""
     items = [it for it in items if it.subject_word_range is not None]
-    batch = build_inputs(processor, adapter, [it.audio for it in items], instruction=instruction)
+    batch = build_inputs(processor, adapter, [it.audio for it in items],
+                         sample_rate=[it.sample_rate for it in items], instruction=instruction)
     pre = object_prefix(adapter, batch)
     tok = processor.tokenizer
     true_ids = torch.as_tensor([object_token_ids(tok, it.target_true, pre)[0] for it in items])

@@ -18,7 +18,7 @@ import xarray as xr
 
 from ..adapters.base import Adapter
 from ..errors import AudioInputError, SpanError
-from ..inputs import DEFAULT_INSTRUCTION, MODEL_RATE_DEFAULT, build_inputs, check_words
+from ..inputs import DEFAULT_INSTRUCTION, RATE_HINT, TOOLKIT_RATE, build_inputs, check_words, require_rates
 from ..speech.audio import _rate, check_samples, resample
 from ..scoring import object_prefix, object_token_ids, teacher_forced_inputs
 from ..sites import Site
@@ -39,11 +39,13 @@ class SpokenPrompt:
     :func:`lalm_interp.load_audio`). words: ``Word`` s or (text, start_s, end_s), seconds.
     subject: inclusive word range of the subject. target: the object whose probability is measured.
     instruction: the fixed text instruction after the audio.
-    sample_rate: the rate of ``audio`` in Hz. Default 16000 (benchmark clips, the toolkit's TTS and
-    ``load_audio`` are 16 kHz). Audio at another rate is resampled to 16 kHz when the prompt is
-    made, so afterwards ``audio`` is always 16 kHz and ``sample_rate`` is 16000.
+    sample_rate: the rate of ``audio`` in Hz. Required (the last field, no default:
+    :class:`~lalm_interp.errors.AudioInputError` without it): ``load_audio`` returns 16 kHz, and
+    :meth:`from_item` takes a benchmark item's own ``sample_rate``. Audio at another rate is
+    resampled to 16 kHz when the prompt is made, so afterwards ``audio`` is always 16 kHz and
+    ``sample_rate`` is 16000.
 
-    Checked when made: the audio is mono, float, finite and non-empty
+    Checked when made: the rate is given; the audio is mono, float, finite and non-empty
     (:class:`~lalm_interp.errors.AudioInputError` otherwise). :meth:`check_words` (run by
     :func:`trace_example` before anything else) checks that every timed word ends inside the clip.
     """
@@ -54,10 +56,11 @@ class SpokenPrompt:
     subject: tuple[int, int]
     target: str
     instruction: str = DEFAULT_INSTRUCTION
-    sample_rate: int = MODEL_RATE_DEFAULT
+    sample_rate: int | None = None
 
     def __post_init__(self) -> None:
         name = f"example {self.id!r}"
+        require_rates(self.sample_rate, 1, where=f"SpokenPrompt {name}: ")
         x = self.audio.detach().cpu().numpy() if isinstance(self.audio, torch.Tensor) else np.asarray(self.audio)
         if x.ndim == 2 and 1 in x.shape:
             x = x.reshape(-1)
@@ -69,9 +72,9 @@ class SpokenPrompt:
         rate = _rate(self.sample_rate, f"{name}: sample_rate")
         check_samples(x, rate, name=name)
         object.__setattr__(self, "words", tuple(self.words))
-        if rate != MODEL_RATE_DEFAULT:
-            x = resample(x, rate, MODEL_RATE_DEFAULT)
-            object.__setattr__(self, "sample_rate", MODEL_RATE_DEFAULT)
+        if rate != TOOLKIT_RATE:
+            x = resample(x, rate, TOOLKIT_RATE)
+            object.__setattr__(self, "sample_rate", TOOLKIT_RATE)
         object.__setattr__(self, "audio", x)
 
     @property
@@ -86,7 +89,9 @@ class SpokenPrompt:
 
     @classmethod
     def from_item(cls, item: Any, target: str | None = None, instruction: str = DEFAULT_INSTRUCTION) -> "SpokenPrompt":
-        """From a benchmark item (``lalm_interp.bench``): its audio, word timings and subject range."""
+        """From a benchmark item (``lalm_interp.bench``): its audio at its ``sample_rate``, word
+        timings and subject range. An object without a ``sample_rate`` raises
+        :class:`~lalm_interp.errors.AudioInputError` (its rate is never guessed)."""
         if item.subject_word_range is None:
             raise SpanError(
                 f"item {item.item_id}: has no subject span; trace items of form 'prompt' or 'subject'."
@@ -94,21 +99,28 @@ class SpokenPrompt:
         if any(w[1] is None or w[2] is None for w in item.words):
             raise SpanError(f"item {item.item_id}: some words have no timing; re-align the clip.")
         words = tuple(Word(w[0], float(w[1]), float(w[2])) for w in item.words)
-        # benchmark clips are 16 kHz FLAC (lalm_interp.bench.store); an item may say otherwise
-        rate = int(getattr(item, "sample_rate", MODEL_RATE_DEFAULT))
+        rate = getattr(item, "sample_rate", None)
+        if rate is None:
+            raise AudioInputError(
+                f"SpokenPrompt.from_item: {type(item).__name__} {getattr(item, 'item_id', '?')!r} has no "
+                "sample_rate, so its audio is 1 raw sample array(s) given without sample_rate. Fix: give "
+                "the object a sample_rate (benchmark items have one), or build "
+                f"SpokenPrompt(...) directly and {RATE_HINT}.")
         return cls(item.item_id, item.audio, words, tuple(item.subject_word_range),
-                   target or item.target_true, instruction, rate)
+                   target or item.target_true, instruction, sample_rate=rate)
 
 
 class Prepared:
     """A prompt made ready to trace: inputs, position map, object tokens, resolved corruption.
 
     replace_audio: the clip whose activations replace the subject's for ``Corrupt(noise='replace')``,
-    at ``replace_sample_rate`` Hz (default 16000; resampled to the model's rate otherwise)."""
+    at ``replace_sample_rate`` Hz (required with ``replace_audio``; resampled to the model's rate)."""
 
     def __init__(self, model: torch.nn.Module, processor: Any, adapter: Adapter, ex: SpokenPrompt,
                  exp: Experiment, replace_audio: np.ndarray | None = None, *,
-                 replace_sample_rate: int = MODEL_RATE_DEFAULT):
+                 replace_sample_rate: int | None = None):
+        if replace_audio is not None:
+            require_rates(replace_sample_rate, 1, arg="replace_sample_rate", where=f"example {ex.id!r} replace_audio: ")
         self.ex = ex
         self.exp = exp
         self.adapter = adapter
@@ -214,13 +226,14 @@ def _p(lp: torch.Tensor, metric: str) -> torch.Tensor:
 
 
 def trace_example(model: torch.nn.Module, processor: Any, adapter: Adapter, ex: SpokenPrompt, exp: Experiment,
-                  *, replace_audio: np.ndarray | None = None, replace_sample_rate: int = MODEL_RATE_DEFAULT,
+                  *, replace_audio: np.ndarray | None = None, replace_sample_rate: int | None = None,
                   progress: Any = None) -> xr.Dataset:
     """Run ``exp`` on one prompt; returns a Dataset with ``p_clean``/``p_corrupt`` and one IE
     variable per restoration family (``ie:<family>``) plus patched-run probabilities (``p:<name>``).
 
     The prompt's audio is at ``ex.sample_rate`` (see :class:`SpokenPrompt`); ``replace_audio`` (for
-    ``Corrupt(noise='replace')``) is at ``replace_sample_rate`` Hz (default 16000)."""
+    ``Corrupt(noise='replace')``) is at ``replace_sample_rate`` Hz: required with ``replace_audio``
+    (:class:`~lalm_interp.errors.AudioInputError` without it)."""
     exp.validate(adapter)
     prep = Prepared(model, processor, adapter, ex, exp, replace_audio, replace_sample_rate=replace_sample_rate)
     base = prep.compiled.base()

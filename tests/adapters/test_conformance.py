@@ -22,7 +22,7 @@ def test_every_adapter_is_registered_and_tested():
 
 
 def _inputs(model, proc, a, n=2):
-    batch = build_inputs(proc, a, [audio(k) for k in range(n)])
+    batch = build_inputs(proc, a, [audio(k) for k in range(n)], sample_rate=16000)
     return batch
 
 
@@ -85,7 +85,7 @@ def test_rate_chain_round_trips(any_model):
 
 def test_corrupt_and_restore_spec_runs(any_model):
     model, proc, a = any_model
-    ex = SpokenPrompt("ex0", audio(0), WORDS, SUBJECT, "Paris")
+    ex = SpokenPrompt("ex0", audio(0), WORDS, SUBJECT, "Paris", sample_rate=16000)
     exp = Experiment("conf", corrupt=Corrupt(scale=30.0))
     prep = Prepared(model, proc, a, ex, exp)
     base = prep.compiled.base()

@@ -17,7 +17,7 @@ from lalm_interp.tracing.causal import Prepared, SpokenPrompt
 
 def _prep(built, name, at):
     model, proc, a = built(name)
-    ex = SpokenPrompt("ex0", audio(0), WORDS, SUBJECT, "Paris")
+    ex = SpokenPrompt("ex0", audio(0), WORDS, SUBJECT, "Paris", sample_rate=16000)
     return Prepared(model, proc, a, ex, Experiment("t", corrupt=Corrupt(at=at, scale=30.0))), a
 
 
@@ -26,7 +26,7 @@ def test_voxtral_groups_four_encoder_frames_per_token(built):
     model, proc, a = built("voxtral")
     chain = a.rate_chain
     assert chain.frames_per_second("token") == 12.5 and chain.cell("token") == 8
-    batch = build_inputs(proc, a, [audio(0)])
+    batch = build_inputs(proc, a, [audio(0)], sample_rate=16000)
     assert "feature_attention_mask" not in batch.model_inputs  # Voxtral takes no mel mask
     assert batch.n_mel == [195] and batch.n_audio == [50]  # 4 s window: 200 frames / 4, padding included
     pm = position_map(a, batch, 0, WORDS, SUBJECT)
@@ -60,7 +60,7 @@ def test_salmonn_windows_map_words_to_the_windows_they_centre(built):
 
     big = replace(chain, window_mel=3000)  # a 30 s window: 1500 frames → 88 windows, 4 frames dropped
     assert big.valid("token", 3000) == 88 and big.valid("token", 2990) == 88
-    batch = build_inputs(proc, a, [audio(0)])
+    batch = build_inputs(proc, a, [audio(0)], sample_rate=16000)
     assert a.audio_token_id is None and batch.n_audio == [11]
     pm = position_map(a, batch, 0, WORDS, SUBJECT)
     assert pm.n_frames("token") == 6  # 98 real frames touch windows 0..5
@@ -144,7 +144,7 @@ def test_salmonn_edit_base_weight_under_lora(built):
 # ------------------------------------------------------------------------------------- AF3
 def test_audioflamingo3_uses_its_mask_key_and_25_tokens_per_second(built):
     _, proc, a = built("audioflamingo3")
-    batch = build_inputs(proc, a, [audio(0)])
+    batch = build_inputs(proc, a, [audio(0)], sample_rate=16000)
     assert "input_features_mask" in batch.model_inputs and "feature_attention_mask" not in batch.model_inputs
     assert batch.n_mel == [195] and batch.n_audio == [49]  # ((195-1)//2 + 1 - 2)//2 + 1 = 49
     assert a.rate_chain.frames_per_second("token") == 25.0

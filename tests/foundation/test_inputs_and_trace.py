@@ -11,7 +11,7 @@ from lalm_interp.wrap import envoy, wrap
 
 def test_noop_trace_equals_hf_forward(tiny, clip):
     model, processor, a = tiny
-    batch = build_inputs(processor, a, [clip(2.5, 1), clip(1.2, 2)], instruction=["Complete the sentence.", "Say"])
+    batch = build_inputs(processor, a, [clip(2.5, 1), clip(1.2, 2)], instruction=["Complete the sentence.", "Say"], sample_rate=16000)
     with torch.no_grad():
         ref = model(**batch.model_inputs, use_cache=False).logits
         w = wrap(model)
@@ -22,7 +22,7 @@ def test_noop_trace_equals_hf_forward(tiny, clip):
 
 def test_site_values_have_declared_shapes(tiny, clip):
     model, processor, a = tiny
-    batch = build_inputs(processor, a, [clip(2.0)])
+    batch = build_inputs(processor, a, [clip(2.0)], sample_rate=16000)
     sites = a.all_sites()
     saved = {}
     w = wrap(model)
@@ -46,8 +46,8 @@ def test_site_values_have_declared_shapes(tiny, clip):
 def test_padding_invariance_of_position_ids(tiny, clip):
     model, processor, a = tiny
     long_instr = "Complete the sentence about the spoken fact please."
-    both = build_inputs(processor, a, [clip(2.0, 3), clip(1.0, 4)], instruction=["Say", long_instr])
-    alone = build_inputs(processor, a, [clip(2.0, 3)], instruction="Say")
+    both = build_inputs(processor, a, [clip(2.0, 3), clip(1.0, 4)], instruction=["Say", long_instr], sample_rate=16000)
+    alone = build_inputs(processor, a, [clip(2.0, 3)], instruction="Say", sample_rate=16000)
     assert both.model_inputs["attention_mask"][0, 0] == 0  # the short prompt is left-padded
     with torch.no_grad():
         lb = model(**both.model_inputs, use_cache=False).logits[0, -1]
@@ -78,12 +78,12 @@ def test_bad_audio_is_a_clear_error(tiny, audio, sr, needle):
 
 def test_mono_column_vector_is_accepted(tiny):
     _, processor, a = tiny
-    batch = build_inputs(processor, a, [np.zeros((16000, 1), np.float32)])
+    batch = build_inputs(processor, a, [np.zeros((16000, 1), np.float32)], sample_rate=16000)
     assert batch.n_mel == [100] and batch.n_audio == [25]
 
 
 def test_plain_style_prompt(tiny, clip):
     _, processor, a = tiny
-    batch = build_inputs(processor, a, [clip(1.0)], style="plain", instruction="The capital is")
+    batch = build_inputs(processor, a, [clip(1.0)], style="plain", instruction="The capital is", sample_rate=16000)
     assert batch.texts[0].startswith("<|audio_bos|><|AUDIO|><|audio_eos|>")
     assert batch.n_audio == [25]

@@ -47,7 +47,7 @@ def test_every_site_resolves_with_declared_width(qwen7b_meta):
 
 def test_real_processor_builds_75_audio_tokens_for_3s(qwen7b_meta, clip):
     model, processor, a = qwen7b_meta
-    batch = build_inputs(processor, a, [clip(3.0)])
+    batch = build_inputs(processor, a, [clip(3.0)], sample_rate=16000)
     assert batch.n_mel == [300]
     assert batch.n_audio == [75]
     assert batch.input_features.shape == (1, 128, 3000)
@@ -62,7 +62,7 @@ def test_real_processor_builds_75_audio_tokens_for_3s(qwen7b_meta, clip):
 
 def test_thirty_seconds_fills_the_window(qwen7b_meta, clip):
     _, processor, a = qwen7b_meta
-    batch = build_inputs(processor, a, [clip(30.0)])
+    batch = build_inputs(processor, a, [clip(30.0)], sample_rate=16000)
     assert batch.n_audio == [750]
 
 

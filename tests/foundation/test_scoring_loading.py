@@ -13,7 +13,7 @@ from lalm_interp.scoring import next_token_logprobs, object_token_ids, score_obj
 
 def test_first_token_matches_next_token_distribution(tiny, clip):
     model, processor, a = tiny
-    batch = build_inputs(processor, a, [clip(1.5, 1), clip(2.5, 2)], instruction=["Say", "Complete the sentence."])
+    batch = build_inputs(processor, a, [clip(1.5, 1), clip(2.5, 2)], instruction=["Say", "Complete the sentence."], sample_rate=16000)
     objs = ["Paris", "French"]
     sc = score_objects(model, a, batch, objs)
     lp = next_token_logprobs(model, batch)
@@ -25,7 +25,7 @@ def test_first_token_matches_next_token_distribution(tiny, clip):
 
 def test_total_is_teacher_forced_sum(tiny, clip):
     model, processor, a = tiny
-    batch = build_inputs(processor, a, [clip(1.5, 5)])
+    batch = build_inputs(processor, a, [clip(1.5, 5)], sample_rate=16000)
     obj = "Metropolitan France"
     sc = score_objects(model, a, batch, [obj])
     ids = sc.token_ids[0]
@@ -46,7 +46,7 @@ def test_total_is_teacher_forced_sum(tiny, clip):
 
 def test_mixed_object_lengths_in_one_batch(tiny, clip):
     model, processor, a = tiny
-    batch = build_inputs(processor, a, [clip(1.5, 1), clip(1.5, 1)])
+    batch = build_inputs(processor, a, [clip(1.5, 1), clip(1.5, 1)], sample_rate=16000)
     both = score_objects(model, a, batch, ["Paris", "Metropolitan France"])
     one = score_objects(model, a, batch.select([1]), ["Metropolitan France"])
     torch.testing.assert_close(both.total[1], one.total[0], atol=1e-4, rtol=1e-4)
@@ -54,8 +54,8 @@ def test_mixed_object_lengths_in_one_batch(tiny, clip):
 
 def test_leading_space_follows_style(tiny, clip):
     model, processor, a = tiny
-    chat = build_inputs(processor, a, [clip(1.0)])
-    plain = build_inputs(processor, a, [clip(1.0)], style="plain")
+    chat = build_inputs(processor, a, [clip(1.0)], sample_rate=16000)
+    plain = build_inputs(processor, a, [clip(1.0)], style="plain", sample_rate=16000)
     tok = processor.tokenizer
     assert score_objects(model, a, chat, ["Paris"]).token_ids[0] == tok("Paris", add_special_tokens=False)["input_ids"]
     assert score_objects(model, a, plain, ["Paris"]).token_ids[0] == tok(" Paris", add_special_tokens=False)["input_ids"]
@@ -64,7 +64,7 @@ def test_leading_space_follows_style(tiny, clip):
 @pytest.mark.parametrize("obj", ["", "   "])
 def test_empty_object_is_a_clear_error(tiny, clip, obj):
     model, processor, a = tiny
-    batch = build_inputs(processor, a, [clip(1.0)])
+    batch = build_inputs(processor, a, [clip(1.0)], sample_rate=16000)
     with pytest.raises(ScoringError, match="empty"):
         score_objects(model, a, batch, [obj])
 
@@ -87,7 +87,7 @@ def test_load_local_checkpoint_offline(tiny, tmp_path, clip, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     m2, p2, a2 = lalm_interp.load(tmp_path)
     assert a2.name == "qwen2_audio" and a2.n_layers("text") == 2
-    batch = build_inputs(p2, a2, [clip(1.0)])
+    batch = build_inputs(p2, a2, [clip(1.0)], sample_rate=16000)
     with torch.no_grad():
         torch.testing.assert_close(m2(**batch.model_inputs).logits, model(**batch.model_inputs).logits)
 

@@ -110,7 +110,7 @@ def test_a_44k_clip_with_its_rate_gives_the_features_of_the_16k_clip(tiny):
     _, processor, a = tiny
     x44 = sine(440, 2.0, 44100)
     b44 = build_inputs(processor, a, [x44], sample_rate=44100)
-    b16 = build_inputs(processor, a, [resample(x44, 44100, 16000)])
+    b16 = build_inputs(processor, a, [resample(x44, 44100, 16000)], sample_rate=16000)
     assert b44.n_mel == [200]  # 2.0 s of audio, not 5.51 s
     assert np.array_equal(b44.input_features.numpy(), b16.input_features.numpy())
     # one rate per clip
@@ -123,8 +123,8 @@ def test_arrays_beyond_one_pass_unchanged_and_without_a_warning(tiny):
     loud = 3.0 * sine(440, 1.0, 16000)  # peak 0.9: scaled by 3 → 2.7
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        b = build_inputs(processor, a, [loud])
-        ex = SpokenPrompt("loud", loud, WORDS, (0, 1), "Paris")
+        b = build_inputs(processor, a, [loud], sample_rate=16000)
+        ex = SpokenPrompt("loud", loud, WORDS, (0, 1), "Paris", sample_rate=16000)
     assert b.n_mel == [100] and np.array_equal(ex.audio, loud)  # nothing clipped
 
 
@@ -133,8 +133,8 @@ def test_spoken_prompt_resamples_to_16k_and_keeps_word_times():
     assert ex.sample_rate == 16000 and len(ex.audio) == 16000 and ex.duration_s == 1.0
     assert abs(peak_hz(ex.audio, 16000) - 300) <= 1.0
     ex.check_words()  # words end at 0.9 s inside the 1.0 s clip
-    # the default rate (16 kHz) is explicit: the same array stated as 16 kHz is 2.76 s long
-    assert SpokenPrompt("e", sine(300, 1.0, 44100), WORDS, (0, 1), "Paris").duration_s == 2.75625
+    # the stated rate is what counts: the same array stated as 16 kHz is 2.76 s long
+    assert SpokenPrompt("e", sine(300, 1.0, 44100), WORDS, (0, 1), "Paris", sample_rate=16000).duration_s == 2.75625
 
 
 BAD_PROMPTS = [
@@ -150,7 +150,8 @@ BAD_PROMPTS = [
 
 @pytest.mark.parametrize("kw,needles", [c[1:] for c in BAD_PROMPTS], ids=[c[0] for c in BAD_PROMPTS])
 def test_bad_spoken_prompt_is_a_clear_error(kw, needles):
-    args = dict(id="p", audio=np.zeros(16000, np.float32), words=WORDS, subject=(0, 1), target="Paris")
+    args = dict(id="p", audio=np.zeros(16000, np.float32), words=WORDS, subject=(0, 1), target="Paris",
+                sample_rate=16000)
     args.update(kw)
     with pytest.raises(AudioInputError) as e:
         SpokenPrompt(**args)
@@ -171,7 +172,7 @@ BAD_WORDS = [
 
 @pytest.mark.parametrize("words,needles", [c[1:] for c in BAD_WORDS], ids=[c[0] for c in BAD_WORDS])
 def test_word_timings_outside_the_clip_are_a_clear_error(words, needles):
-    ex = SpokenPrompt("p", np.zeros(8000, np.float32), words, (0, 0), "Paris")
+    ex = SpokenPrompt("p", np.zeros(8000, np.float32), words, (0, 0), "Paris", sample_rate=16000)
     with pytest.raises(AudioInputError) as e:
         ex.check_words()
     for n in needles:
@@ -188,6 +189,107 @@ def test_trace_example_checks_word_times_before_running(tiny):
     late = SpokenPrompt("p96", sine(200, 0.9, 44100), WORDS, (0, 1), "Paris", sample_rate=96000)
     with pytest.raises(AudioInputError, match=r"word 1 'capital' ends at 0.700 s, after the clip ends \(0.413 s"):
         trace_example(model, processor, a, late, Experiment("e"))
+
+
+# ---------------------------------------------------------------- a raw array's rate is required, never assumed
+RATE_NEEDLES = ["without sample_rate", "pass sample_rate=<the clip's rate in Hz>",
+                "lalm_interp.load_audio(path) returns 16 kHz audio", "benchmark items carry their rate", PAGE]
+
+
+@pytest.mark.parametrize("clips,rate,n_missing", [
+    (1, None, 1), (3, None, 3), (2, [16000, None], 1), (2, [None, None], 2),
+], ids=["one-clip", "three-clips", "one-of-two-rates-missing", "list-of-nones"])
+def test_build_inputs_refuses_arrays_without_a_rate(tiny, clips, rate, n_missing):
+    _, processor, a = tiny
+    kw = {} if rate is None else {"sample_rate": rate}
+    with pytest.raises(AudioInputError) as e:
+        build_inputs(processor, a, [sine(440, 1.0, 16000)] * clips, **kw)
+    msg = str(e.value)
+    assert f"build_inputs: {n_missing} raw sample array(s) given without sample_rate" in msg
+    for n in RATE_NEEDLES:
+        assert n in msg
+
+
+def test_check_audio_refuses_an_array_without_a_rate(tiny):
+    from lalm_interp.inputs import check_audio
+
+    _, _, a = tiny
+    with pytest.raises(AudioInputError, match=r"clip-7: 1 raw sample array\(s\) given without sample_rate"):
+        check_audio(sine(440, 1.0, 16000), None, a, name="clip-7")
+
+
+def test_spoken_prompt_refuses_an_array_without_a_rate():
+    for make in (lambda: SpokenPrompt("p", sine(300, 1.0, 44100), WORDS, (0, 1), "Paris"),  # 5 positional args
+                 lambda: SpokenPrompt("p", sine(300, 1.0, 44100), WORDS, (0, 1), "Paris", "Say", None)):
+        with pytest.raises(AudioInputError) as e:
+            make()
+        msg = str(e.value)
+        assert "SpokenPrompt example 'p': 1 raw sample array(s) given without sample_rate" in msg
+        for n in RATE_NEEDLES:
+            assert n in msg
+
+
+def test_spoken_prompt_from_item_takes_the_items_rate_and_refuses_an_object_without_one():
+    from types import SimpleNamespace
+
+    item = SimpleNamespace(item_id="f/prompt/0/0", audio=sine(300, 1.0, 44100), words=WORDS,
+                           subject_word_range=(0, 1), target_true="Paris")
+    with pytest.raises(AudioInputError) as e:
+        SpokenPrompt.from_item(item)
+    msg = str(e.value)
+    assert "SimpleNamespace 'f/prompt/0/0' has no sample_rate" in msg and "without sample_rate" in msg
+    assert "pass sample_rate=<the clip's rate in Hz>" in msg and PAGE in msg
+    item.sample_rate = 44100  # the item states its rate: resampled to 16 kHz, 1.0 s long
+    ex = SpokenPrompt.from_item(item)
+    assert ex.sample_rate == 16000 and len(ex.audio) == 16000
+    assert abs(peak_hz(ex.audio, 16000) - 300) <= 1.0
+
+
+def test_benchmark_items_carry_their_rate(tmp_path):
+    from lalm_interp.bench.builder import build
+    from lalm_interp.bench.datasets import Fact
+    from lalm_interp.speech.tts import Rendition
+
+    fact = Fact(0, "Oslo", "Oslo is", "{} is", "t:0", "Norway")
+    x = sine(220, 1.0, 16000)
+    build([fact], tmp_path / "b", backend=ArrayBackend(x), renditions=[Rendition()], forms=("prompt",),
+          progress=False)
+    from lalm_interp.bench.store import Benchmark
+
+    (item,) = list(Benchmark.open(tmp_path / "b"))
+    assert item.sample_rate == 16000
+    ex = SpokenPrompt.from_item(item)  # nothing more to say: the item carries its rate
+    assert ex.sample_rate == 16000 and len(ex.audio) == item.n_samples
+
+
+def test_trace_example_refuses_replace_audio_without_its_rate(tiny):
+    from lalm_interp.specs import Corrupt, Experiment
+    from lalm_interp.tracing.causal import trace_example
+
+    model, processor, a = tiny
+    ex = SpokenPrompt("p", sine(300, 1.0, 16000), WORDS, (0, 1), "Paris", sample_rate=16000)
+    exp = Experiment("e", corrupt=Corrupt(noise="replace"))
+    with pytest.raises(AudioInputError) as e:
+        trace_example(model, processor, a, ex, exp, replace_audio=sine(500, 1.0, 44100))
+    msg = str(e.value)
+    assert "example 'p' replace_audio: 1 raw sample array(s) given without replace_sample_rate" in msg
+    assert "pass replace_sample_rate=<the clip's rate in Hz>" in msg and PAGE in msg
+    # with its rate it runs: the 44.1 kHz replacement clip is resampled to the model's rate
+    ds = trace_example(model, processor, a, ex, exp, replace_audio=sine(500, 1.0, 44100), replace_sample_rate=44100)
+    assert np.isfinite(float(ds["p_corrupt"])) and float(ds["p_clean"]) != float(ds["p_corrupt"])
+
+
+def test_known_scores_refuse_items_without_a_rate(tiny):
+    from types import SimpleNamespace
+
+    from lalm_interp.known import first_token_scores
+
+    model, processor, a = tiny
+    ok = SpokenPrompt("p", sine(300, 1.0, 16000), WORDS, (0, 1), "Paris", sample_rate=16000)
+    bare = SimpleNamespace(item_id="x", audio=sine(300, 1.0, 16000), target="Paris")
+    with pytest.raises(AudioInputError, match=r"1 raw sample array\(s\) given without sample_rate"):
+        first_token_scores(model, processor, a, [ok, bare], target="target")
+    assert len(first_token_scores(model, processor, a, [ok], target="target").correct) == 1
 
 
 # ---------------------------------------------------------------- load_audio: files

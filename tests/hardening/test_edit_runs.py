@@ -52,12 +52,13 @@ def noise(seconds, seed):
 
 
 def request(seed, new="Seattle"):
-    return EditRequest(SpokenPrompt(f"ex{seed}", noise(1.95, seed), WORDS, (0, 1), "Paris"), new, "first", f"case{seed}")
+    return EditRequest(SpokenPrompt(f"ex{seed}", noise(1.95, seed), WORDS, (0, 1), "Paris", sample_rate=16000), new, "first", f"case{seed}")
 
 
 def case(seed, new):
-    return EditCase(request(seed, new), (Probe(f"p{seed}", "Paris", noise(1.8, seed + 50)),),
-                    (Probe(f"n{seed}", "guitar" if new != "guitar" else "Seattle", noise(1.7, seed + 90)),))
+    return EditCase(request(seed, new), (Probe(f"p{seed}", "Paris", noise(1.8, seed + 50), sample_rate=16000),),
+                    (Probe(f"n{seed}", "guitar" if new != "guitar" else "Seattle", noise(1.7, seed + 90),
+                           sample_rate=16000),))
 
 
 CASES = [case(1, "Seattle"), case(2, "guitar"), case(3, "French")]
@@ -465,7 +466,7 @@ def test_site_auto_takes_the_peak_aie_layer_of_a_selection_trace(bench, tmp_path
 def test_cases_longer_than_the_window_are_skipped_up_front_with_the_reason():
     from lalm_interp.cli.edit import fitting
 
-    long = EditCase(EditRequest(SpokenPrompt("long", noise(5.0, 9), WORDS, (0, 1), "Paris"), "Seattle", "first", "long"))
+    long = EditCase(EditRequest(SpokenPrompt("long", noise(5.0, 9), WORDS, (0, 1), "Paris", sample_rate=16000), "Seattle", "first", "long"))
     meta, said = {}, []
     kept = fitting([CASES[0], long, CASES[1]], 3 * 16000, meta, said.append)
     assert [c.case_id for c in kept] == ["case1", "case2"]

@@ -16,7 +16,7 @@ WORDS = (("Metropolitan", 0.0, 0.765), ("France's", 0.765, 1.270), ("capital", 1
 def prompt(seed=0, target="Paris"):
     rng = np.random.default_rng(seed)
     audio = (0.3 * rng.standard_normal(int(1.95 * 16000))).astype(np.float32)
-    return SpokenPrompt(f"ex{seed}", audio, WORDS, (0, 1), target)
+    return SpokenPrompt(f"ex{seed}", audio, WORDS, (0, 1), target, sample_rate=16000)
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +114,8 @@ def test_zero_and_replace_noise(tiny_deep):
     x = pz.compiled.read_values[site]
     assert torch.count_nonzero(x[1, 0:64]) == 0 and torch.equal(x[0, 64:], x[1, 64:])
     other = prompt(seed=9).audio
-    pr = Prepared(model, processor, a, ex, Experiment("t", corrupt=Corrupt(noise="replace")), replace_audio=other)
+    pr = Prepared(model, processor, a, ex, Experiment("t", corrupt=Corrupt(noise="replace")), replace_audio=other,
+                  replace_sample_rate=16000)
     pr.compiled.base(reads=[site])
     y = pr.compiled.read_values[site]
     assert torch.equal(y[1, 0:64], pr.corruption.replace_values)
@@ -203,7 +204,7 @@ def test_window_longer_than_the_stack_is_clipped_not_refused(tiny_deep):
 def test_span_in_padding_is_a_clear_error(tiny_deep):
     model, processor, a = tiny_deep
     ex = prompt()
-    bad = SpokenPrompt("late", ex.audio[:8000], WORDS, (2, 3), "Paris")  # 0.5 s clip, words beyond it
+    bad = SpokenPrompt("late", ex.audio[:8000], WORDS, (2, 3), "Paris", sample_rate=16000)  # 0.5 s clip, words beyond it
     with pytest.raises(Exception, match="after the clip"):
         trace_example(model, processor, a, bad, Experiment("e"))
 
