@@ -73,7 +73,7 @@ def main() -> None:
     window = processor.feature_extractor.n_samples / 16000
     tmp = Path(tempfile.mkdtemp(prefix="bench-editors-"))
     clips = [noise(min(2.5, window), 100 + i) for i in range(args.corpus_clips)]
-    corpus = KeyCorpus(f"noise:{len(clips)}", clips)
+    corpus = KeyCorpus(f"noise:{len(clips)}", clips, sample_rate=16000)
     ctx = EditContext(model, processor, adapter, store=Store(tmp / "cache"), corpus=corpus)
     req = EditRequest(SpokenPrompt("bench", noise(1.95, 0), WORDS, (0, 1), "Paris", sample_rate=16000), "Seattle", "first")
     prep = prepare(ctx, req)

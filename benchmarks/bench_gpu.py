@@ -131,7 +131,7 @@ def editors(device: str, out_dir: Path) -> dict[str, Any]:
 
     model, processor, adapter = lalm_interp.load("organism", device=device)
     ctx = EditContext(model, processor, adapter, store=Store(out_dir / "cache"),
-                      corpus=KeyCorpus("noise:6", [noise(2.5, 100 + i) for i in range(6)]))
+                      corpus=KeyCorpus("noise:6", [noise(2.5, 100 + i) for i in range(6)], sample_rate=16000))
     req = EditRequest(prompt(0), "Seattle", "first")
 
     def p_new() -> float:
@@ -347,7 +347,7 @@ def editors_real_dims(device: str, clock: Clock, small: bool, budget_s: float, o
     L, R = ("1", "0:2") if small else ("15", "14:17")
     plan = [(m, (s.format(L=L, R=R) if isinstance(s, str) else tuple(x.format(L=L, R=R) for x in s)))
             for m, s in EDITOR_PLAN]
-    corpus = KeyCorpus("noise:16x2.5s", [noise(2.5, 100 + i) for i in range(16)], batch_size=8)
+    corpus = KeyCorpus("noise:16x2.5s", [noise(2.5, 100 + i) for i in range(16)], batch_size=8, sample_rate=16000)
     # a name unique to this run: the weights are random, so statistics cached by an earlier run (other
     # weights, same parameter count) must never be taken for these (no '#<16 hex>': that form is a weights hash)
     fp = f"random-init-qwen2-audio{'-small' if small else '-7b'}:run-{uuid.uuid4().hex[:12]}"

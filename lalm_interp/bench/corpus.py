@@ -54,6 +54,11 @@ class CorpusUtterance:
         return load_audio(self.path, key=self.utt_id)
 
     @property
+    def sample_rate(self) -> int:
+        """The rate of :attr:`audio` in Hz (always 16 kHz: other files are resampled on reading)."""
+        return SAMPLE_RATE
+
+    @property
     def n_samples(self) -> int:
         """Length of :attr:`audio` in samples at 16 kHz (from the file header; no decoding)."""
         import soundfile as sf

@@ -4,7 +4,7 @@ Quick use::
 
     from lalm_interp.editors import EditContext, EditRequest, KeyCorpus, make
 
-    ctx = EditContext(model, processor, adapter, store=Store(), corpus=KeyCorpus("synth:200", clips))
+    ctx = EditContext(model, processor, adapter, store=Store(), corpus=KeyCorpus("synth:200", clips, sample_rate=16000))
     editor = make("rome", "audio.layers.1.mlp.down", cov="identity")
     handle = editor.apply(ctx, EditRequest(prompt, target_new="London", word="first"))
     ...                                  # the model now says London

@@ -132,19 +132,32 @@ class KeyCorpus:
         utterances, which read as 16 kHz).
     batch_size: clips per forward pass while collecting keys.
     instruction: the text instruction after each clip (text-side keys include it).
-    sample_rate: the rate of ``clips`` in Hz (resampled to the model's rate). Default 16000: the
-        rate of corpus utterances, LibriSpeech and :func:`lalm_interp.load_audio`.
+    sample_rate: the rate in Hz of clips given as raw arrays (resampled to the model's rate);
+        required for them — a rate is never guessed. Objects with ``.audio`` state their own
+        ``.sample_rate`` (corpus utterances and benchmark items: 16 kHz).
     """
 
     id: str
     clips: Sequence[Any]
     batch_size: int = 8
     instruction: str = DEFAULT_INSTRUCTION
-    sample_rate: int = 16000
+    sample_rate: int | None = None
 
     def audio(self, i: int) -> np.ndarray:
         c = self.clips[i]
         return c.audio if hasattr(c, "audio") else c
+
+    def rate(self, i: int) -> int:
+        """The sample rate of clip ``i`` in Hz: the object's own, or ``sample_rate`` for a raw array."""
+        c = self.clips[i]
+        r = getattr(c, "sample_rate", None) if hasattr(c, "audio") else self.sample_rate
+        if r is None:
+            what = f"{type(c).__name__} without a sample_rate" if hasattr(c, "audio") else "a raw sample array"
+            raise EditorError(f"KeyCorpus {self.id!r}: clip {i} is {what}, and its rate cannot be read from its "
+                              "samples (it is never guessed).\n  fix: KeyCorpus(id, clips, sample_rate=<Hz>) — "
+                              "16000 for the toolkit's TTS, LibriSpeech and lalm_interp.load_audio. "
+                              "Docs: docs/errors/editors.md")
+        return int(r)
 
 
 @dataclass

@@ -203,10 +203,12 @@ def corpus_keys(ctx: EditContext, site: Site) -> Iterator[np.ndarray]:
     adapter = ctx.adapter
     stage = adapter.stage(site)
     window = window_samples(adapter)
+    model_rate = adapter.rate_chain.sample_rate
 
-    def keys_of(clips: list) -> np.ndarray:
+    def keys_of(pending: list) -> np.ndarray:
+        clips, rates = [a for a, _ in pending], [r for _, r in pending]
         batch = place(build_inputs(ctx.processor, adapter, clips, instruction=corpus.instruction,
-                                   sample_rate=corpus.sample_rate), ctx.model)
+                                   sample_rate=rates), ctx.model)
         x = capture(ctx, [site], batch.model_inputs)[site]
         rows = []
         for r in range(len(clips)):
@@ -219,9 +221,9 @@ def corpus_keys(ctx: EditContext, site: Site) -> Iterator[np.ndarray]:
     pending: list = []
     used = 0
     for j in range(len(corpus.clips)):  # streamed: a 5,000-utterance corpus never sits in memory
-        a = corpus.audio(j)
-        if 0 < len(a) <= window:
-            pending.append(a)
+        a, rate = corpus.audio(j), corpus.rate(j)
+        if 0 < len(a) and len(a) * model_rate <= window * rate:  # fits the window once resampled
+            pending.append((a, rate))
         if len(pending) == corpus.batch_size or (j == len(corpus.clips) - 1 and pending):
             used += len(pending)
             yield keys_of(pending)

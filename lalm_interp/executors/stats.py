@@ -43,7 +43,8 @@ def stats_chunk(state: Any, payload: dict[str, Any]) -> Any:
     if path is not None and path.exists():
         return SecondMoment.load(path)
     model, processor, adapter = state
-    corpus = KeyCorpus(payload["corpus_id"], payload["clips"], payload["batch_size"], payload["instruction"])
+    corpus = KeyCorpus(payload["corpus_id"], payload["clips"], payload["batch_size"], payload["instruction"],
+                       payload.get("sample_rate"))
     ctx = EditContext(model, processor, adapter, corpus=corpus, fingerprint="chunk")
     acc = SecondMoment()
     try:
@@ -93,7 +94,8 @@ def key_stats_sharded(executor: Any, corpus: Any, site: Any, *, store: Any = Non
         part_dir = store.root / "stats-partial" / s / final.stem
     fault = fault_spec()
     payloads = [{"shard": i, "site": s, "clips": [corpus.clips[j] for j in r], "corpus_id": corpus.id,
-                 "batch_size": corpus.batch_size, "instruction": corpus.instruction, "fault": fault,
+                 "batch_size": corpus.batch_size, "instruction": corpus.instruction,
+                 "sample_rate": corpus.sample_rate, "fault": fault,
                  "path": str(part_dir / f"chunk-{i:05d}-of-{len(pieces):05d}-{size}.h5") if part_dir else None}
                 for i, r in enumerate(pieces)]
     parts = executor.map(stats_chunk, payloads)

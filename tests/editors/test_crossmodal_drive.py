@@ -26,7 +26,7 @@ def request(seed=0, new="Seattle"):
 @pytest.fixture(scope="module")
 def ctx(tiny_deep):
     model, processor, adapter = tiny_deep
-    return EditContext(model, processor, adapter, corpus=KeyCorpus("noise:4", [noise(2.5, 100 + i) for i in range(4)]))
+    return EditContext(model, processor, adapter, corpus=KeyCorpus("noise:4", [noise(2.5, 100 + i) for i in range(4)], sample_rate=16000))
 
 
 def subject_mean(ctx, req, site):

@@ -31,7 +31,7 @@ def ctx(tiny_deep, tmp_path_factory):
     model, processor, adapter = tiny_deep
     clips = [noise(2.5, 100 + i) for i in range(4)]
     store = Store(tmp_path_factory.mktemp("cache"))
-    return EditContext(model, processor, adapter, store=store, corpus=KeyCorpus("noise:4", clips))
+    return EditContext(model, processor, adapter, store=store, corpus=KeyCorpus("noise:4", clips, sample_rate=16000))
 
 
 def snapshot(model):
@@ -174,7 +174,7 @@ def test_sites_an_editor_cannot_edit(ctx, method, site):
 def test_singular_second_moment_warns_and_still_edits(tiny_deep):
     model, processor, adapter = tiny_deep
     snap = snapshot(model)
-    one = EditContext(model, processor, adapter, corpus=KeyCorpus("one-short-clip", [noise(0.3, 9)]))
+    one = EditContext(model, processor, adapter, corpus=KeyCorpus("one-short-clip", [noise(0.3, 9)], sample_rate=16000))
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter("always")
         h = make("rome", "audio.layers.3.mlp.down", keys="mean").apply(one, request(9))
@@ -267,7 +267,7 @@ def test_statistics_are_cached_in_the_store(ctx):
             raise AssertionError("statistics were recomputed instead of read from the cache")
 
     fresh = EditContext(ctx.model, ctx.processor, ctx.adapter, store=ctx.store,
-                        corpus=KeyCorpus("noise:4", Boom([0])), fingerprint=ctx.fingerprint)
+                        corpus=KeyCorpus("noise:4", Boom([0]), sample_rate=16000), fingerprint=ctx.fingerprint)
     from lalm_interp.editors.keys import key_stats
 
     a, b = key_stats(fresh, site), key_stats(ctx, site)
@@ -295,14 +295,14 @@ def test_registry_takes_third_party_editors(ctx):
 def test_corpus_clips_longer_than_the_window_are_skipped(tiny_deep):
     model, processor, adapter = tiny_deep
     snap = snapshot(model)
-    too_long = EditContext(model, processor, adapter, corpus=KeyCorpus("long", [noise(5.0, 1)]))
+    too_long = EditContext(model, processor, adapter, corpus=KeyCorpus("long", [noise(5.0, 1)], sample_rate=16000))
     with pytest.raises(EditorError, match="fits the"):
         make("rome", "text.layers.1.mlp.down").apply(too_long, request(14))
     assert same(model, snap)
     from lalm_interp.editors.keys import key_stats
 
-    mixed = EditContext(model, processor, adapter, corpus=KeyCorpus("mixed", [noise(5.0, 1), noise(2.0, 2)]))
-    only_short = EditContext(model, processor, adapter, corpus=KeyCorpus("short", [noise(2.0, 2)]))
+    mixed = EditContext(model, processor, adapter, corpus=KeyCorpus("mixed", [noise(5.0, 1), noise(2.0, 2)], sample_rate=16000))
+    only_short = EditContext(model, processor, adapter, corpus=KeyCorpus("short", [noise(2.0, 2)], sample_rate=16000))
     site = "text.layers.1.mlp.down@in"
     assert np.array_equal(key_stats(mixed, site).second_moment, key_stats(only_short, site).second_moment)
 

@@ -28,7 +28,7 @@ def case(seed, new):
 @pytest.fixture(scope="module")
 def ctx(tiny_deep):
     model, processor, adapter = tiny_deep
-    return EditContext(model, processor, adapter, corpus=KeyCorpus("noise:3", [noise(2.5, 200 + i) for i in range(3)]))
+    return EditContext(model, processor, adapter, corpus=KeyCorpus("noise:3", [noise(2.5, 200 + i) for i in range(3)], sample_rate=16000))
 
 
 def state(model):

@@ -26,7 +26,7 @@ def request(seed, new="Seattle"):
 @pytest.fixture(scope="module")
 def ctx(tiny_deep):
     model, processor, adapter = tiny_deep
-    return EditContext(model, processor, adapter, corpus=KeyCorpus("noise:3", [noise(2.5, 300 + i) for i in range(3)]))
+    return EditContext(model, processor, adapter, corpus=KeyCorpus("noise:3", [noise(2.5, 300 + i) for i in range(3)], sample_rate=16000))
 
 
 def all_protected_keys(ctx, site):

@@ -26,7 +26,7 @@ def request(seed=0, new="Seattle"):
     return EditRequest(SpokenPrompt(f"ex{seed}", noise(1.95, seed), WORDS, (0, 1), "Paris", sample_rate=16000), new, "first")
 
 
-CORPUS = KeyCorpus("noise:4", [noise(2.5, 100 + i) for i in range(4)])
+CORPUS = KeyCorpus("noise:4", [noise(2.5, 100 + i) for i in range(4)], sample_rate=16000)
 
 
 def context(tiny_deep, root):

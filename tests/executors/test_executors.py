@@ -114,7 +114,7 @@ def stats_corpus(bench):
     rng = np.random.default_rng(0)
     clips = [p.audio for p in bench[1]] + [(0.05 * rng.standard_normal(16000 + 3000 * k)).astype(np.float32)
                                            for k in range(4)]
-    return KeyCorpus("test-corpus:8", clips, batch_size=2)
+    return KeyCorpus("test-corpus:8", clips, batch_size=2, sample_rate=16000)
 
 
 def single_process_stats(tiny_deep, corpus, site):

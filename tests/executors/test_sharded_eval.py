@@ -39,7 +39,7 @@ def setting(organism, organism_bench, tmp_path_factory):
     rng = np.random.default_rng(0)
     clips = [it.audio for it in Benchmark.open(organism_bench)] + [
         (0.05 * rng.standard_normal(16000 + 4000 * k)).astype(np.float32) for k in range(3)]
-    return Store(tmp_path_factory.mktemp("cache")), KeyCorpus("test-corpus", clips, batch_size=4)
+    return Store(tmp_path_factory.mktemp("cache")), KeyCorpus("test-corpus", clips, batch_size=4, sample_rate=16000)
 
 
 def plain_run(organism, setting, cases, method):

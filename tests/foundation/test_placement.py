@@ -60,7 +60,7 @@ def test_scoring_and_tracing_run_on_a_bf16_model(tiny_deep, bf16):
 @pytest.mark.parametrize("method,site", [("rome", "text.layers.2.mlp.down"), ("alphaedit", "audio.layers.1:3")])
 def test_editors_edit_and_revert_a_bf16_model(bf16, tmp_path, method, site):
     model, processor, adapter = bf16
-    ctx = EditContext(model, processor, adapter, corpus=KeyCorpus("noise:3", [noise(2.5, 100 + i) for i in range(3)]))
+    ctx = EditContext(model, processor, adapter, corpus=KeyCorpus("noise:3", [noise(2.5, 100 + i) for i in range(3)], sample_rate=16000))
     req = EditRequest(SpokenPrompt("ex0", noise(1.95, 0), WORDS, (0, 1), "Paris", sample_rate=16000), "Seattle", "first")
     snap = {k: v.clone() for k, v in model.state_dict().items()}
 

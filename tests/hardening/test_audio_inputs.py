@@ -609,3 +609,19 @@ def test_bench_build_max_seconds(tmp_path, capsys):
     assert len(bench) + len(long) == 4 and bench.meta["n_too_long"] == len(long)
     assert f"({len(long)} of them longer than --max-seconds 1 s)" in text
     assert "longer than --max-seconds 1 s" in long[0].reason
+
+
+def test_a_key_corpus_of_raw_arrays_must_state_its_rate():
+    """Statistics corpora used to take raw arrays as 16 kHz; their rate is now stated or refused."""
+    from types import SimpleNamespace
+
+    from lalm_interp.editors import EditorError, KeyCorpus
+
+    with pytest.raises(EditorError) as e:
+        KeyCorpus("raw", [np.zeros(160, dtype=np.float32)]).rate(0)
+    assert "raw sample array" in str(e.value) and "sample_rate=<Hz>" in str(e.value)
+    assert "docs/errors/editors.md" in str(e.value)
+    with pytest.raises(EditorError, match="SimpleNamespace without a sample_rate"):
+        KeyCorpus("obj", [SimpleNamespace(audio=np.zeros(160, dtype=np.float32))]).rate(0)
+    assert KeyCorpus("raw44", [np.zeros(441, dtype=np.float32)], sample_rate=44100).rate(0) == 44100
+    assert KeyCorpus("obj", [SimpleNamespace(audio=np.zeros(1), sample_rate=22050)]).rate(0) == 22050

@@ -166,7 +166,7 @@ def test_revert_after_editor_reset_and_failed_apply(ctx, monkeypatch):
     snap = snapshot(ctx.model)
     ed = make("alphaedit", "text.layers.2:4.mlp.down", steps=2)
     ed_ctx = EditContext(ctx.model, ctx.processor, ctx.adapter,
-                         corpus=KeyCorpus("noise:3", [noise(2.5, 200 + i) for i in range(3)]))
+                         corpus=KeyCorpus("noise:3", [noise(2.5, 200 + i) for i in range(3)], sample_rate=16000))
     h1 = ed.apply(ed_ctx, request(1))
     ed.reset()
     h2 = ed.apply(ed_ctx, request(2, "guitar"))
@@ -193,7 +193,7 @@ def test_revert_after_editor_reset_and_failed_apply(ctx, monkeypatch):
 def test_dw_rel_is_recorded_per_edited_weight(ctx):
     h = make("alphaedit", "text.layers.2:4.mlp.down", steps=2).apply(
         EditContext(ctx.model, ctx.processor, ctx.adapter,
-                    corpus=KeyCorpus("noise:3", [noise(2.5, 200 + i) for i in range(3)])), request(1))
+                    corpus=KeyCorpus("noise:3", [noise(2.5, 200 + i) for i in range(3)], sample_rate=16000)), request(1))
     try:
         rel = h.info["dW_rel"]
         paths = [ctx.adapter.module_path(f"text.layers.{i}.mlp.down") for i in (2, 3)]
@@ -301,7 +301,7 @@ def test_another_run_key_never_reads_these_files(ctx, tmp_path, monkeypatch, cha
     elif change == "mode":
         acc = True
     elif change == "corpus":
-        c = EditContext(ctx.model, ctx.processor, ctx.adapter, corpus=KeyCorpus("other", [noise(1.0, 7)]))
+        c = EditContext(ctx.model, ctx.processor, ctx.adapter, corpus=KeyCorpus("other", [noise(1.0, 7)], sample_rate=16000))
     else:
         c = EditContext(ctx.model, ctx.processor, ctx.adapter, fingerprint="another-model#0")
     calls = counting(ed, monkeypatch)
