@@ -193,7 +193,10 @@ def test_reproduce_editing_stage_on_ray(ray_ex, organism, organism_bench, settin
     from lalm_interp.reproduce import ReproduceConfig, _edit_rows
 
     _, corpus = setting
-    monkeypatch.setattr("lalm_interp.bench.corpus.protected_corpus", lambda *a, **k: list(corpus.clips))
+    from types import SimpleNamespace
+
+    utts = [SimpleNamespace(utt_id=f"test/{i}", text="", audio=c, sample_rate=16000) for i, c in enumerate(corpus.clips)]
+    monkeypatch.setattr("lalm_interp.bench.corpus.protected_corpus", lambda *a, **k: utts)
     plan = [("Single-layer", "rome", ["text.layers.4.mlp.down"]),
             ("Multi-layer", "alphaedit", ["text.layers.3.mlp.down", "text.layers.4.mlp.down"])]
     ids = [c.case_id for c in cases]
