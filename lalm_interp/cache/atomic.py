@@ -158,7 +158,7 @@ def remove_orphan_temps(folder: "str | os.PathLike", *, legacy: bool = True,
             continue
         if parsed is not None:
             _, h, pid = parsed
-            if h == host and pid != os.getpid() and _alive(pid):
+            if h == host and pid != os.getpid() and pid_alive(pid):
                 continue
             if h == host and pid == os.getpid():
                 continue  # one of ours, still being written by this very process
@@ -170,7 +170,8 @@ def remove_orphan_temps(folder: "str | os.PathLike", *, legacy: bool = True,
     return gone
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this host (a process we may not signal counts as alive)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -5,7 +5,6 @@ touched."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import socket
 import time
@@ -13,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .atomic import TMP_SUFFIX, parse_temp
+from .atomic import pid_alive as _pid_alive
 from .catalog import Scanner
 from .layout import quarantine_dir, stats_dir
 from .shards import ShardCheck, verify_shard
@@ -33,16 +33,6 @@ class GcReport:
     checked: int = 0
     damaged: tuple[ShardCheck, ...] = ()
     unverified: tuple[Path, ...] = ()
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def collect(root: Path, *, dry_run: bool = False, quarantine: bool = False, check: bool = False,

@@ -216,40 +216,29 @@ def nullspace_projector(
         matrix = matrix.second_moment
     is_torch = type(matrix).__module__.startswith("torch")
     device = getattr(matrix, "device", None)
-    if is_torch and getattr(device, "type", "cpu") != "cpu":
-        return _nullspace_projector_on_device(matrix, threshold, relative)
-    m = to_numpy(matrix).astype(np.float64)
-    if m.ndim != 2 or m.shape[0] != m.shape[1]:
-        raise CacheError(f"nullspace_projector needs a square (d, d) matrix, got shape {m.shape}.")
-    if threshold < 0:
-        raise CacheError(f"threshold must be >= 0, got {threshold}.")
-    w, v = np.linalg.eigh((m + m.T) / 2)
-    cut = threshold * max(float(w.max()), 0.0) if relative else threshold
-    u = v[:, w < cut]
-    p = u @ u.T
-    if is_torch:
-        import torch
-
-        return torch.from_numpy(p).to(device)
-    return p
-
-
-def _nullspace_projector_on_device(matrix: Any, threshold: float, relative: bool) -> Any:
-    """:func:`nullspace_projector` for a torch matrix on an accelerator: the same float64
-    eigendecomposition, run where the matrix lives (at Qwen2-Audio-7B's text key width, 11,008, a
-    host ``np.linalg.eigh`` takes minutes per site). CPU tensors keep the NumPy path, so CPU results
-    are unchanged."""
-    import torch
-
-    m = matrix.to(torch.float64)
+    on_device = is_torch and getattr(device, "type", "cpu") != "cpu"
+    # on an accelerator the float64 eigendecomposition runs where the matrix lives (at
+    # Qwen2-Audio-7B's text key width, 11,008, a host eigh takes minutes per site); CPU tensors keep
+    # the NumPy path, so CPU results are unchanged
+    m = matrix.double() if on_device else to_numpy(matrix).astype(np.float64)
     if m.ndim != 2 or m.shape[0] != m.shape[1]:
         raise CacheError(f"nullspace_projector needs a square (d, d) matrix, got shape {tuple(m.shape)}.")
     if threshold < 0:
         raise CacheError(f"threshold must be >= 0, got {threshold}.")
-    w, v = torch.linalg.eigh((m + m.T) / 2)
+    if on_device:
+        import torch
+
+        w, v = torch.linalg.eigh((m + m.T) / 2)
+    else:
+        w, v = np.linalg.eigh((m + m.T) / 2)
     cut = threshold * max(float(w.max()), 0.0) if relative else threshold
     u = v[:, w < cut]
-    return u @ u.T
+    p = u @ u.T
+    if is_torch and not on_device:
+        import torch
+
+        return torch.from_numpy(p).to(device)
+    return p
 
 
 # ---------------------------------------------------------------------------- stats keys

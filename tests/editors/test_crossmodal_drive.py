@@ -5,7 +5,6 @@ output). Tiny random Qwen2-Audio (6 + 6 layers)."""
 
 import numpy as np
 import pytest
-import torch
 
 from lalm_interp.editors import EditContext, EditorError, EditRequest, KeyCorpus, make
 from lalm_interp.editors.keys import pooled, prepare
