@@ -105,7 +105,8 @@ def _row(res, editor, label: str, name: str, sites: list[str], out: Path, result
     dest = out / "edits" / f"{mod}-{label}".replace(" ", "_")
     res.save(dest)
     doc = res.to_json()
-    doc["label"] = f"{label} ({editor.label})" if hasattr(editor, "label") else label
+    own = getattr(editor, "label", label)
+    doc["label"] = label if own == label else f"{label} ({own})"  # "FT", not "FT (FT)"
     results.append(doc)
     s = res.summary
     rows.append({"modality": mod, "method": label, "editor": name, "preset": res.meta.get("preset"),
