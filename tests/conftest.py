@@ -13,6 +13,17 @@ FIXTURES = Path(__file__).parent / "fixtures"
 QWEN2_AUDIO_7B = FIXTURES / "qwen2_audio_7b"
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """torch on one thread for a module (``pytestmark = pytest.mark.usefixtures("one_thread")``):
+    the CPUs are shared, and one thread is ~30x faster here than oversubscribed defaults; Ray
+    actors with 1 CPU run torch on 1 thread too."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def tiny():
     """(model, processor, adapter) of a tiny random Qwen2-Audio (2+2 layers, d=64, 4 s window)."""

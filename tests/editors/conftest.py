@@ -1,11 +1,6 @@
 import pytest
-import torch
 
 
 @pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The CPUs are shared: one torch thread is ~30x faster here than oversubscribed defaults."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+def _editors_on_one_thread(one_thread):
+    """Every editor test module runs torch on one thread (tests/conftest.py)."""

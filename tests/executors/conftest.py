@@ -12,14 +12,8 @@ import pytest
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Ray actors with 1 CPU run torch on 1 thread; do the same here (and spare the shared cores)."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+def _executors_on_one_thread(one_thread):
+    """Every scale-out test module runs torch on one thread (tests/conftest.py)."""
 
 
 @pytest.fixture(scope="session")
