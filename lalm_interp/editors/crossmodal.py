@@ -10,11 +10,14 @@ Construction (exact; ``docs/editors/crossmodal.md``), for each request:
 0. every stage's key statistics (ROME's C, AlphaEdit's P) are fetched **before anything is
    edited**, i.e. from the unedited model — computed once per site and shared across cases (the
    paper's reading), stored under the unedited model's fingerprint;
-1. e₀ = the projector output (the audio tokens as the LLM receives them) at the subject word's
-   audio-token positions, before any edit;
+1. e₀ = the value at the subject word's audio-token positions in the LLM, before any edit: the
+   residual stream after the (last) edited text layer (``drive_at="layer"``, default: the audio
+   edit's change as the LLM carries it to the text layer) or the projector output (``"projector"``:
+   the audio tokens as the LLM receives them);
 2. the audio editor (ROME or AlphaEdit) edits the audio site(s);
 3. e₁ = the same after the audio edit; Δe = e₁ − e₀ (one row per audio token of the word, in the
-   LLM's residual width D) is the audio edit's residual, projected into the text space;
+   LLM's residual width D) is the audio edit's residual, projected into the text space (through
+   the projector, and with ``"layer"`` the text layers up to the edited one);
 4. the text editor edits the text site(s) on the audio-edited model, keyed at the **same** audio
    tokens (``text.key_span="word"``), with target value v* = v₁ + ``drive_scale``·Δe — v₁ the
    text layer's value there on the audio-edited model (ROME: ``mlp.down`` output, mean-pooled;
