@@ -147,11 +147,13 @@ class AlphaEdit(Editor):
         self.kp: dict[str, torch.Tensor] = {}
         self.w_first: dict[str, torch.Tensor] = {}  # weights before the first edit since reset()
         self.n_edited = 0
+        self._generation = 0  # bumped by reset(): a revert after a reset leaves the fresh state alone
 
     def reset(self) -> None:
         self.kp = {}
         self.w_first = {}
         self.n_edited = 0
+        self._generation = getattr(self, "_generation", 0) + 1
 
     def check_sites(self, adapter: Any, sites: list[Site]) -> None:
         require_mlp_down(self.name, adapter, sites)
@@ -242,11 +244,29 @@ class AlphaEdit(Editor):
                            "achieved": float((dW @ K1).norm() / max(float(R.norm()), 1e-30)),
                            **(self._leak(ctx, site, module.weight.detach(), w_before,
                                          self.w_first.get(str(site), w_before)) if measure else {})})
+        kp_before = {s: self.kp.get(s) for s in pending}
+        first_new = [s for s in pending if s in first and s not in self.w_first]
         for s, kk in pending.items():  # commit the accumulated keys only once the whole edit succeeded
             self.kp[s] = self.kp[s] + kk if s in self.kp else kk
             if s in first:
                 self.w_first.setdefault(s, first[s])
         self.n_edited += len(requests)
+
+        generation = self._generation
+
+        def forget() -> None:  # reverting the edit forgets its keys exactly (they no longer exist)
+            if self._generation != generation:
+                return
+            for s, kk in kp_before.items():
+                if kk is None:
+                    self.kp.pop(s, None)
+                else:
+                    self.kp[s] = kk
+            for s in first_new:
+                self.w_first.pop(s, None)
+            self.n_edited -= len(requests)
+
+        handle.on_revert(forget)
         handle.info.update({"keys": mode, "n_keys": int(Z.shape[0]), "targets": deltas, "layers": layers,
                             "n_previous_edits": self.n_edited - len(requests),
                             "leak": max((x["leak"] for x in layers if "leak" in x), default=None),

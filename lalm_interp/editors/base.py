@@ -248,6 +248,7 @@ class EditHandle:
         self.info: dict[str, Any] = {}
         self.reverted = False
         self.number = next(_NUMBERS)
+        self._on_revert: list[Any] = []  # editors' state to undo with the weights (newest first)
         """Creation order of handles in this process (names a handle in revert-order errors)."""
 
     def track(self, site: "Site | str", module: torch.nn.Module, path: str) -> None:
@@ -298,6 +299,14 @@ class EditHandle:
         self.reverted = True
         for module, _ in self._orig.values():
             _applied(module)  # prune this handle from the module's stack
+        for undo in reversed(self._on_revert):
+            undo()
+        self._on_revert.clear()
+
+    def on_revert(self, undo: Any) -> None:
+        """Call ``undo()`` when this handle is reverted: an editor's own state that belongs to this
+        edit (AlphaEdit's accumulated keys) goes back with the weights."""
+        self._on_revert.append(undo)
 
     @torch.no_grad()
     def finish(self) -> "EditHandle":
@@ -335,6 +344,8 @@ class EditHandle:
             if s not in self.sites:
                 self.sites.append(s)
         self.info.update({f"{other.method}.{k}": v for k, v in other.info.items()})
+        self._on_revert.extend(other._on_revert)
+        other._on_revert = []
         other.reverted = True  # its edit is now this handle's to revert
         return self
 

@@ -352,3 +352,25 @@ def test_an_edit_that_cannot_reach_the_prediction_warns(ctx):
         warnings.simplefilter("error", EditorWarning)
         make("rome", f"text.layers.{n - 1}.mlp.down", cov="identity", steps=2,
              key_span="last_token").apply(ctx, request(21)).revert()
+
+
+def test_alphaedit_forgets_the_keys_of_a_reverted_edit(ctx):
+    """A reverted edit's keys used to stay in K_p: the next edit was solved against keys of an edit
+    that no longer existed (and reported n_previous_edits=1)."""
+    fresh = make("alphaedit", "text.layers.1:3", preset="organism", steps=2)
+    ref = fresh.apply(ctx, request(31))
+    ref_w = {path: module.weight.detach().clone() for path, (module, _) in ref._orig.items()}
+    ref.revert()
+    ed = make("alphaedit", "text.layers.1:3", preset="organism", steps=2)
+    ed.apply(ctx, request(32)).revert()
+    assert ed.kp == {} and ed.n_edited == 0
+    h = ed.apply(ctx, request(31))
+    assert h.info["n_previous_edits"] == 0
+    got = {path: module.weight.detach() for path, (module, _) in h._orig.items()}
+    assert all(torch.equal(got[m], ref_w[m]) for m in ref_w)  # exactly the edit of a fresh editor
+    h2 = ed.apply(ctx, request(33))
+    assert h2.info["n_previous_edits"] == 1
+    ed.reset()
+    h2.revert()  # a revert after reset() leaves the fresh state alone
+    h.revert()
+    assert ed.kp == {} and ed.n_edited == 0
