@@ -21,7 +21,7 @@ Statistics for editors::
 
     stats = store.key_stats("text.layers.8.mlp.down@in", model=fingerprint, corpus="wiki:100k",
                             compute=lambda: key_batches())
-    P = nullspace_projector(stats, threshold=1e-2)   # AlphaEdit's projector
+    P = nullspace_projector(stats, threshold=2e-2)   # AlphaEdit's projector (absolute cut)
 """
 
 from .batch import Batch, Positions

@@ -207,7 +207,7 @@ def nullspace_projector(
 
     ``matrix`` is typically E[k k^T] (pass a :class:`SecondMoment` to use its ``second_moment``).
     Eigenvalues ``< threshold`` span the null space; ``threshold`` is **absolute** by default
-    (AlphaEdit's choice: 1e-2 on its preserved-key statistic), or a fraction of the largest
+    (AlphaEdit's code uses 2e-2 on the count-normalised covariance), or a fraction of the largest
     eigenvalue with ``relative=True``. Returns ``P = U U^T`` (float64) with ``U`` the small-eigenvalue
     eigenvectors, so ``P k ≈ 0`` for keys in the preserved span, ``P = P^T = P P``. A torch input
     gives a torch float64 tensor on the same device; otherwise NumPy.

@@ -35,7 +35,6 @@ from .losses import KL_DIRECTIONS, WD_FORMS
 
 KEY_MODES = ("auto", "mean", "frames")
 STREAMS = ("audio", "text")
-LEGACY_LOSS = ("squared", "reverse")
 """(wd_form, kl_direction) of ``keys.optimise_delta`` before it took these options."""
 
 
@@ -59,19 +58,10 @@ def optimise_value(ctx: EditContext, prep: Any, site: Site, name: str, hp: Any, 
     AlphaEdit's hyper-parameters): the weight decay applies only when ``site``'s stream is in
     ``hp.weight_decay_streams``; ``wd_form`` / ``kl_direction`` choose the loss terms of
     :mod:`~lalm_interp.editors.losses`. ``kw``: the remaining ``optimise_delta`` arguments."""
-    import inspect
-
     wd = hp.weight_decay if site.stream in hp.weight_decay_streams else 0.0
     args = dict(steps=hp.steps, lr=hp.lr, weight_decay=wd, clamp_norm_factor=hp.clamp_norm_factor,
-                kl_factor=hp.kl_factor, stop_nll=hp.stop_nll, **kw)
-    params = inspect.signature(optimise_delta).parameters
-    if "wd_form" in params and "kl_direction" in params:
-        args.update(wd_form=hp.wd_form, kl_direction=hp.kl_direction)
-    elif (hp.wd_form, hp.kl_direction) != LEGACY_LOSS and (wd > 0 or (hp.kl_factor > 0 and kw.get("kl_preps"))):
-        warnings.warn(
-            f"this installation's keys.optimise_delta takes no wd_form/kl_direction: the v* loss uses "
-            f"‖δ‖²/‖v‖² and KL(P₀‖P_δ), not the requested {hp.wd_form!r}/{hp.kl_direction!r} "
-            "(docs/editors/rome.md#paper-vs-this-implementation).", EditorWarning, stacklevel=3)
+                kl_factor=hp.kl_factor, stop_nll=hp.stop_nll, wd_form=hp.wd_form, kl_direction=hp.kl_direction,
+                **kw)
     return optimise_delta(ctx, prep, site, name, **args)
 
 
