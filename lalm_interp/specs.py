@@ -65,6 +65,7 @@ class Corrupt:
             raise SpecError(f"Corrupt.sigma={self.sigma!r}; expected 'span' or a number.")
         if self.scale < 0:
             raise SpecError(f"Corrupt.scale={self.scale} is negative; expected a multiplier >= 0.")
+        _check_spans((self.span,), f"Corrupt({self.at!r}).span")  # a typo fails here, not per prompt
 
 
 @dataclass(frozen=True)
@@ -310,8 +311,10 @@ def _check_spans(spans: tuple, what: str) -> None:
     for sp in spans:
         if isinstance(sp, str):
             if sp not in NAMED_SPANS:
+                from .sites import suggest
+
                 raise SpecError(f"{what}: unknown span {sp!r}; named spans are {list(NAMED_SPANS)} "
-                                "or an inclusive word range (i, j).")
+                                f"or an inclusive word range (i, j).{suggest(sp, NAMED_SPANS)}")
         elif not (isinstance(sp, tuple) and len(sp) == 2 and all(isinstance(v, int) for v in sp) and 0 <= sp[0] <= sp[1]):
             raise SpecError(f"{what}: {sp!r} is neither a named span nor a word range (i, j) with 0 <= i <= j.")
 

@@ -272,7 +272,8 @@ def build(
             if isinstance(aligner, EventAligner):
                 words = aligner.align(s.text, None, key=s.item_id, events=events)  # type: ignore
             else:
-                words = aligner.align(s.text, store.audio(key), key=s.item_id, events=events)
+                words = aligner.align(s.text, store.audio(key), key=s.item_id, events=events,
+                                      sample_rate=SAMPLE_RATE)
             if len(words) != len(whitespace_tokens(s.text)):
                 raise BenchmarkError(f"aligner {aligner.name!r} returned {len(words)} spans for "
                                      f"{len(whitespace_tokens(s.text))} words.\n  expected: one "

@@ -69,6 +69,24 @@ HELP: dict[str, tuple[str, str]] = {
 }
 
 
+def count(minimum: int = 1):
+    """An argparse type for counts (``--limit``, ``-n``, ``--workers``…): an integer >= ``minimum``.
+    ``--limit 0`` used to mean "no limit" in one command and "one" in another."""
+
+    def parse(text: str) -> int:
+        try:
+            n = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if n < minimum:
+            raise argparse.ArgumentTypeError(f"{n} is below {minimum}; give a count of at least {minimum} "
+                                             "(leave the option out for no limit)")
+        return n
+
+    parse.__name__ = "count"
+    return parse
+
+
 def start(args: argparse.Namespace):
     """Common start of a long-running subcommand: torch threads from ``--threads`` (0 keeps torch's
     default) and a ``say(msg)`` that writes progress to stderr unless ``--quiet``."""

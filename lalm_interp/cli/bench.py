@@ -8,6 +8,8 @@
 
 from __future__ import annotations
 
+from . import count
+
 import argparse
 import sys
 from collections import Counter
@@ -21,8 +23,8 @@ def register(subparsers) -> None:  # noqa: ANN001
     b = sub.add_parser("build", help="synthesise a benchmark into a folder (resumable)")
     b.add_argument("--source", choices=("counterfact", "known1000"), required=True)
     b.add_argument("--data", default=None, help="dataset file (default: the shipped subset)")
-    b.add_argument("--limit", type=int, default=500, help="number of facts (default 500)")
-    b.add_argument("--renditions", type=int, default=3,
+    b.add_argument("--limit", type=count(), default=500, help="number of facts (default 500)")
+    b.add_argument("--renditions", type=count(), default=3,
                    help="how many default renditions per prompt (default 3)")
     b.add_argument("--rendition", action="append", default=None, metavar="R",
                    help="explicit rendition, e.g. en-us+m3:r175:p50 (repeatable; overrides "
@@ -33,7 +35,7 @@ def register(subparsers) -> None:  # noqa: ANN001
     b.add_argument("--max-neighbours", type=int, default=None,
                    help="neighbourhood prompts per fact (default: all)")
     b.add_argument("--out", required=True, help="benchmark folder")
-    b.add_argument("--workers", type=int, default=2, help="synthesis processes (default 2)")
+    b.add_argument("--workers", type=count(), default=2, help="synthesis processes (default 2)")
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
     b.add_argument("--max-seconds", type=float, default=None, metavar="S",
                    help="leave out (and count) items whose clip is longer than S seconds, e.g. 3 "
@@ -58,7 +60,7 @@ def register(subparsers) -> None:  # noqa: ANN001
     im.set_defaults(func=_import)
     s = sub.add_parser("show", help="counts, durations and a few items of a benchmark")
     s.add_argument("dir")
-    s.add_argument("-n", type=int, default=5, help="items to print (default 5)")
+    s.add_argument("-n", type=count(), default=5, help="items to print (default 5)")
     s.add_argument("--rejected", type=int, default=3, help="rejections to print (default 3)")
     s.set_defaults(func=_show)
     p.set_defaults(func=lambda args: (p.print_help(), 0)[1])

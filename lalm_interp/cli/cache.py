@@ -56,8 +56,22 @@ def _filters(args: argparse.Namespace) -> dict:
     return {k: getattr(args, k) for k in ("experiment", "run", "model", "dataset") if getattr(args, k, None)}
 
 
+def _open(args: argparse.Namespace) -> Store:
+    """The store ``--cache`` names; a named root that is missing or not a folder is an error (a typo
+    must not look like a clean, empty cache)."""
+    from pathlib import Path
+
+    from lalm_interp.cache import CacheError
+
+    if args.cache is not None and not Path(args.cache).is_dir():
+        what = "is a file, not a folder" if Path(args.cache).exists() else "does not exist"
+        raise CacheError(f"--cache {args.cache!r} {what}; nothing to list or check.\n  fix: give the cache "
+                         "root (the folder holding shards/ and stats/; default $LALM_INTERP_CACHE or ./cache)")
+    return Store(args.cache)
+
+
 def _ls(args: argparse.Namespace) -> int:
-    store = Store(args.cache)
+    store = _open(args)
     cat = store.catalog(**_filters(args))
     print(f"cache {store.root}")
     exps = store.experiments(**_filters(args))
@@ -82,7 +96,7 @@ def _ls(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
-    store = Store(args.cache)
+    store = _open(args)
     da = store.get(args.key, **_filters(args))
     sizes = " ".join(f"{d}={n}" for d, n in da.sizes.items())
     print(f"{da.name}  {sizes}  {da.dtype} (stored from {da.attrs.get('original_dtype')})  {da.nbytes / 2**20:.1f} MiB")
@@ -97,7 +111,7 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _gc(args: argparse.Namespace) -> int:
-    store = Store(args.cache)
+    store = _open(args)
     report = store.gc(dry_run=args.dry_run, quarantine=args.quarantine, check=args.check)
     verb = "would remove" if args.dry_run else "removed"
     for p in report.removed:
@@ -113,7 +127,7 @@ def _gc(args: argparse.Namespace) -> int:
             why = "failed its checksum" if "checksum" in msg else "cannot be read"
             print(f"damaged {d.path}: dataset '{name}' {why}")
         if not (report.quarantined or args.quarantine and not args.dry_run):
-            print(f"  (kept; use --check --quarantine to move it aside, then re-run the writer to recompute it)")
+            print("  (kept; use --check --quarantine to move it aside, then re-run the writer to recompute it)")
     for p in report.quarantined:
         print(f"quarantined {p}")
     summary = f"{len(report.removed)} temp file(s) {verb}, {len(report.corrupt)} corrupt shard(s)"

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
-from . import start
+from . import count, start
 
 
 def set_hparam(hp: Any, key: str, text: str) -> Any:
@@ -31,6 +31,17 @@ def set_hparam(hp: Any, key: str, text: str) -> Any:
         val = text
     if isinstance(val, list):
         val = tuple(val)
+    want = str(next(f.type for f in dataclasses.fields(hp) if f.name == head))
+    want = getattr(want, "__name__", want)
+    ok = {"int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+          "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+          "bool": lambda v: isinstance(v, bool), "str": lambda v: isinstance(v, str)}.get(want)
+    if ok is not None and not ok(val):
+        raise EditorError(f"--hparam {key}={text}: {head} takes {'an' if want == 'int' else 'a'} {want}, got "
+                          f"{text!r}. e.g. --hparam steps=20, --hparam lr=0.5, --hparam cov=identity, "
+                          "--hparam text.refine_steps=0. Docs: docs/usage/evaluation.md#sites-and-presets.")
+    if want == "float":
+        val = float(val)
     return dataclasses.replace(hp, **{head: val})
 
 
@@ -101,7 +112,10 @@ def make_editor(args: Any, sites: Any = None) -> Any:
     else:
         hp = cls.HParams()
     for kv in args.hparam or []:
-        k, _, v = kv.partition("=")
+        k, eq, v = kv.partition("=")
+        if not eq or not k.strip():
+            raise EditorError(f"--hparam {kv!r}: expected KEY=VALUE, e.g. --hparam steps=20 (JSON values; dotted "
+                              "keys for nested fields). Docs: docs/usage/evaluation.md#sites-and-presets.")
         hp = set_hparam(hp, k.strip(), v.strip())
     return cls(spec, hp) if not preset else _with_hparams(editor, hp)
 
@@ -429,7 +443,7 @@ def register(sub) -> None:
                    help="site(s) to edit, e.g. audio.layers.1 (= audio.layers.1.mlp.down), text.layers.0:2; repeat for "
                         "cross-modal. 'auto' (or audio.auto / text.auto): the peak-AIE layer(s) of a selection trace "
                         "of the edit prompts; omitted: the model's documented default sites, else auto")
-    r.add_argument("--auto-n", type=int, default=8, help="edit prompts traced by --site auto (default 8)")
+    r.add_argument("--auto-n", type=count(), default=8, help="edit prompts traced by --site auto (default 8)")
     r.add_argument("--preset", default=None,
                    help="named hyper-parameter preset of the editor (paper, organism; default: the model's own — organism for the "
                         "organism, paper otherwise); --hparam overrides it")
@@ -443,7 +457,7 @@ def register(sub) -> None:
     mode.add_argument("--reset", dest="mode", action="store_const", const="reset",
                       help="revert after every case; default for single-layer editors")
     r.set_defaults(mode=None)
-    r.add_argument("--limit", type=int, default=None, help="at most this many cases")
+    r.add_argument("--limit", type=count(), default=None, help="at most this many cases")
     r.add_argument("--rendition", default=None, help="rendition of the edit prompts (default: the benchmark's first)")
     r.add_argument("--known-only", action="store_true", help="keep only cases whose true object is the model's top-1")
     r.add_argument("--targets", choices=["all", "produced"], default="all",
@@ -451,7 +465,7 @@ def register(sub) -> None:
                         "— an answer the model gives; audio-side edits cannot reach others on small models")
     r.add_argument("--cache", default=None, help="activation cache root for key statistics (default: $LALM_INTERP_CACHE or ./cache)")
     r.add_argument("--corpus", default=None, help="folder of the synthesised protected corpus (made if missing)")
-    r.add_argument("--corpus-n", type=int, default=None,
+    r.add_argument("--corpus-n", type=count(), default=None,
                    help="utterances in the statistics corpus (default: 5000 LibriSpeech as in the paper, or 600 "
                         "synthesised, docs/editors/protected-corpus.md)")
     r.add_argument("--librispeech", default=None, help="LibriSpeech split folder to use as the corpus instead")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from . import count
+
 import json
 
 
@@ -44,11 +46,11 @@ def register(sub) -> None:
     p.add_argument("--source", choices=["known1000", "counterfact"], default="known1000",
                    help="figure2's dataset (paper: known1000; the organism knows counterfact facts)")
     p.add_argument("--out", required=True)
-    p.add_argument("--limit", type=int, default=None, help="facts read from the dataset")
-    p.add_argument("--renditions", type=int, default=1)
-    p.add_argument("--n-trace", type=int, default=100, help="known facts traced")
-    p.add_argument("--k", type=int, default=200, help="known facts in the edit set (paper: 200)")
-    p.add_argument("--m", type=int, default=300, help="random facts in the edit set (paper: 300)")
+    p.add_argument("--limit", type=count(), default=None, help="facts read from the dataset")
+    p.add_argument("--renditions", type=count(), default=1)
+    p.add_argument("--n-trace", type=count(), default=100, help="known facts traced")
+    p.add_argument("--k", type=count(0), default=200, help="known facts in the edit set (paper: 200)")
+    p.add_argument("--m", type=count(0), default=300, help="random facts in the edit set (paper: 300)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--window", type=int, default=10, help="restoration window, capped at the stack depth")
     p.add_argument("--word", choices=["first", "last"], default="last")

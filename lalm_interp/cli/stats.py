@@ -11,7 +11,7 @@ import json
 import time
 from pathlib import Path
 
-from . import start
+from . import count, start
 
 
 def run(args) -> int:
@@ -89,7 +89,7 @@ def register(sub) -> None:
                    help="the benchmark edit run will edit: the protected corpus excludes its facts (as edit run's)")
     r.add_argument("--cache", default=None, help="activation cache root (default: $LALM_INTERP_CACHE or ./cache)")
     r.add_argument("--corpus", default=None, help="folder of the synthesised protected corpus (made if missing)")
-    r.add_argument("--corpus-n", type=int, default=None,
+    r.add_argument("--corpus-n", type=count(), default=None,
                    help="utterances in the statistics corpus (default: 5000 LibriSpeech as in the paper, or 600 "
                         "synthesised, docs/editors/protected-corpus.md)")
     r.add_argument("--librispeech", default=None, help="LibriSpeech split folder to use as the corpus instead")

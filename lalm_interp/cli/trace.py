@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from . import count
+
 import json
+from pathlib import Path
 import warnings
 from dataclasses import replace
 
@@ -14,6 +17,22 @@ def load_model(name: str):
     import lalm_interp
 
     return tuple(lalm_interp.load(name))[:3]
+
+
+def read_fact_ids(path: str, bench) -> list[str]:
+    """The fact ids listed in ``path``; ids the benchmark does not hold are an error naming them
+    (with the closest ids it does hold)."""
+    from lalm_interp.sites import suggest
+    from lalm_interp.specs import SpecError
+
+    ids = [line.strip() for line in Path(path).read_text("utf-8").splitlines() if line.strip()]
+    known = set(bench.facts)
+    unknown = [i for i in ids if i not in known]
+    if unknown:
+        raise SpecError(f"--facts {path!r}: {len(unknown)} of {len(ids)} fact id(s) are not in the benchmark, e.g. "
+                        f"{unknown[0]!r}.{suggest(unknown[0], sorted(known))}\n  fix: list ids the benchmark holds "
+                        "(`lalm-interp bench show BENCH`), one per line")
+    return ids
 
 
 def comma_list(text: str) -> list[str]:
@@ -54,6 +73,10 @@ def _run(args) -> int:
     from lalm_interp.loading import resolve_source
 
     resolve_source(args.model)  # an unknown or unreachable --model fails before anything is read
+    if args.facts and not Path(args.facts).is_file():
+        what = "is a folder, not a file" if Path(args.facts).is_dir() else "does not exist"
+        raise SpecError(f"--facts {args.facts!r} {what}.\n  expected: a text file with one fact id per line "
+                        "(e.g. counterfact:70)\n  fix: check the path, or leave --facts out to trace every fact")
     exp = experiment_from_file(args.spec)
     if args.max_window is not None:
         if args.max_window < 1:
@@ -70,7 +93,7 @@ def _run(args) -> int:
     bench = Benchmark.open(args.bench)
     fact_ids = None
     if args.facts:
-        fact_ids = [l.strip() for l in open(args.facts) if l.strip()]
+        fact_ids = read_fact_ids(args.facts, bench)
     forms = tuple(f for group in args.forms for f in comma_list(group))
     check_forms(forms, bench)
     prompts = prompts_from_bench(bench, forms=forms, limit=args.limit, fact_ids=fact_ids)
@@ -137,7 +160,7 @@ def register(sub) -> None:
     r.add_argument("--model", default="organism", help="'organism', a checkpoint dir, or 'tiny-random'")
     r.add_argument("--bench", required=True, help="benchmark folder (lalm-interp bench build)")
     r.add_argument("--out", required=True, help="output folder (resumable)")
-    r.add_argument("--limit", type=int, default=None, help="trace at most N prompts")
+    r.add_argument("--limit", type=count(), default=None, help="trace at most N prompts")
     r.add_argument("--forms", nargs="+", default=["prompt"], metavar="FORMS",
                    help="comma-separated benchmark forms to trace, e.g. prompt,paraphrase (default: prompt)")
     r.add_argument("--facts", default=None, help="file with one fact id per line (e.g. known facts)")

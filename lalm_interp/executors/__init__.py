@@ -36,16 +36,23 @@ def __getattr__(name: str):
     raise AttributeError(name)
 
 
+def _positive(text: str) -> int:
+    if not text.strip().isdigit() or int(text) < 1:
+        import argparse
+        raise argparse.ArgumentTypeError(f"{text!r}: give a whole number of at least 1")
+    return int(text)
+
+
 def add_cli_options(parser) -> None:
     """``--executor local|ray --workers N --address ADDR --shard-size N`` on a subcommand."""
     g = parser.add_argument_group("scale-out (docs/usage/scale-out.md)")
     g.add_argument("--executor", choices=["local", "ray"], default="local",
                    help="local: this process (default); ray: one Ray actor per GPU/CPU worker")
-    g.add_argument("--workers", type=int, default=None,
+    g.add_argument("--workers", type=_positive, default=None,
                    help="Ray actors (default: the cluster's GPUs, else its CPUs)")
     g.add_argument("--address", default=None,
                    help="existing Ray cluster ('auto' or ray://HOST:10001); default: start a local one")
-    g.add_argument("--shard-size", type=int, default=None,
+    g.add_argument("--shard-size", type=_positive, default=None,
                    help="examples per tracing shard, or edit cases per evaluation shard (default: ~4 "
                         "shards per worker, at most 16); statistics use two corpus chunks per worker")
 

@@ -38,7 +38,8 @@ class Aligner(Protocol):
     name: str
 
     def align(self, text: str, audio: np.ndarray, *, key: str,
-              events: Sequence[WordSpan] | None = None) -> tuple[WordSpan, ...]: ...
+              events: Sequence[WordSpan] | None = None,
+              sample_rate: int | None = None) -> tuple[WordSpan, ...]: ...
 
 
 class EventAligner:
@@ -47,7 +48,8 @@ class EventAligner:
     name = "events"
 
     def align(self, text: str, audio: np.ndarray, *, key: str,
-              events: Sequence[WordSpan] | None = None) -> tuple[WordSpan, ...]:
+              events: Sequence[WordSpan] | None = None,
+              sample_rate: int | None = None) -> tuple[WordSpan, ...]:
         if events is None:
             raise AlignmentError(f"No TTS word events for {key!r}.\n  expected: an utterance from "
                                  "a backend that reports word times\n  fix: use ManifestAligner "
@@ -157,7 +159,8 @@ class ManifestAligner:
         return f"ManifestAligner({self.source!r}, {len(self.times)} utterances)"
 
     def align(self, text: str, audio: np.ndarray, *, key: str,
-              events: Sequence[WordSpan] | None = None) -> tuple[WordSpan, ...]:
+              events: Sequence[WordSpan] | None = None,
+              sample_rate: int | None = None) -> tuple[WordSpan, ...]:
         stem = Path(key).stem
         timed = self.times.get(key, self.times.get(stem))
         if timed is None:
@@ -344,7 +347,14 @@ class WhisperXAligner:
         return whisperx
 
     def align(self, text: str, audio: np.ndarray, *, key: str,
-              events: Sequence[WordSpan] | None = None) -> tuple[WordSpan, ...]:
+              events: Sequence[WordSpan] | None = None,
+              sample_rate: int | None = None) -> tuple[WordSpan, ...]:
+        from ..inputs import require_rates
+        from .tts import resample
+
+        require_rates(sample_rate, 1, arg="sample_rate", where=f"WhisperXAligner.align({key!r}): ")
+        if int(sample_rate) != SAMPLE_RATE:  # type: ignore[arg-type]
+            audio = resample(np.asarray(audio, np.float32), int(sample_rate))  # type: ignore[arg-type]
         whisperx = self._load()
         model, metadata = self._model
         segment = {"text": text, "start": 0.0, "end": len(audio) / SAMPLE_RATE}

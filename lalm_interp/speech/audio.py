@@ -108,7 +108,8 @@ def load_audio(path: str | Path, sr: int = SAMPLE_RATE, *, key: str = "") -> np.
     who = f" for {key!r}" if key else ""
     p = Path(path)
     if not p.is_file():
-        raise AudioInputError(f"Audio file {str(p)!r}{who} does not exist.\n  expected: a readable "
+        what = "is a folder, not a file" if p.is_dir() else "does not exist"
+        raise AudioInputError(f"Audio file {str(p)!r}{who} {what}.\n  expected: a readable "
                               f"{'/'.join(FORMATS)} file\n  fix: check the path (a manifest's "
                               "relative paths are resolved against the manifest's folder)")
     try:

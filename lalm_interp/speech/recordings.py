@@ -28,7 +28,7 @@ from ..errors import AudioInputError, LalmInterpError
 from .aligners import Aligner, ManifestAligner
 from .audio import load_audio
 from .errors import SpeechError
-from .tts import Rendition, Utterance
+from .tts import SAMPLE_RATE, Rendition, Utterance
 
 
 def _manifest_rows(manifest: Path, raw: bytes) -> list[dict[str, Any]]:
@@ -141,7 +141,7 @@ class RecordingsBackend:
             audio = load_audio(path, key=key)  # any rate → 16 kHz, mixed down, finite
         except AudioInputError as err:  # the TTS protocol's error type, same message
             raise SpeechError(str(err).split("\n  see ")[0]) from None
-        words = self.aligner.align(text, audio, key=key)
+        words = self.aligner.align(text, audio, key=key, sample_rate=SAMPLE_RATE)
         return Utterance(text=text, audio=audio, words=words, rendition=rendition,
                          backend=self.version)
 
@@ -208,7 +208,8 @@ def read_import_manifest(manifest: str | Path, *, need_words: bool = True) -> li
             problems.append(f"row {n}: " + str(err).split(": ", 1)[1].split("\n")[0])
             continue
         if not path.is_file():
-            problems.append(f"row {n}: audio file {str(path)!r} does not exist")
+            problems.append(f"row {n}: audio file {str(path)!r} "
+                            f"{'is a folder, not a file' if path.is_dir() else 'does not exist'}")
             continue
         if path.stem in stems:  # word times (inline or --words) are keyed by the file's stem
             problems.append(f"row {n}: audio file name {path.stem!r} repeats row {stems[path.stem]} "

@@ -338,7 +338,7 @@ def test_float_wav_beyond_one_warns_with_count_and_peak_and_is_not_clipped(tmp_p
 
 BAD_FILES = [
     ("missing", lambda d: d / "nope.wav", ["does not exist", "check the path"]),
-    ("a-folder", lambda d: d, ["does not exist"]),
+    ("a-folder", lambda d: d, ["is a folder, not a file", "check the path"]),
     ("not-audio", lambda d: (d / "x.flac").write_bytes(b"fLaC not really audio") and d / "x.flac",
      ["Cannot read audio file", "x.flac", "re-export"]),
     ("text-file", lambda d: (d / "notes.wav").write_text("hello") and d / "notes.wav", ["Cannot read audio file"]),

@@ -155,8 +155,16 @@ def test_whisperx_imports_lazily_and_explains_absence(monkeypatch, tmp_path):
 
     monkeypatch.setattr(builtins, "__import__", no_whisperx)
     with pytest.raises(AlignerUnavailable, match="pip install --no-deps whisperx") as exc:
-        al.align(TEXT, np.zeros(16000, np.float32), key="k")
+        al.align(TEXT, np.zeros(16000, np.float32), key="k", sample_rate=16000)
     assert isinstance(exc.value, ImportError) and "docs/errors/speech.md" in str(exc.value)
+
+
+def test_whisperx_needs_the_rate_of_raw_samples(tmp_path):
+    """Raw samples given to the WhisperX aligner used to be taken as 16 kHz."""
+    from lalm_interp.errors import AudioInputError
+
+    with pytest.raises(AudioInputError, match="without sample_rate"):
+        WhisperXAligner(tmp_path).align(TEXT, np.zeros(44100, np.float32), key="k")
 
 
 def _write(path, rate=16000, seconds=2.0):
