@@ -384,7 +384,8 @@ def run(editor: Editor, ctx: EditContext, cases: Sequence[EditCase], *, accumula
                 finally:
                     h.revert()
                 edits[-1]["reverted"] = True
-                say(f"[{i + 1}/{len(cases)}] {case.case_id}: {case_success(rec['after'])}")
+                ok = {k: (None if v is None else round(v, 3)) for k, v in case_success(rec['after']).items()}
+                say(f"[{i + 1}/{len(cases)}] {case.case_id}: {ok}")  # rounded for reading
                 final(i)
         if acc:
             for case, rec in zip(cases, records):

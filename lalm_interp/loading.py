@@ -17,6 +17,8 @@ with :func:`identity` (provenance of cached activations and results).
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import difflib
 import hashlib
 import os
@@ -385,7 +387,8 @@ def load(
         kwargs: dict[str, Any] = {"local_files_only": lfo}
         if dtype is not None:
             kwargs["dtype"] = dtype
-        model = cls.from_pretrained(loc, **kwargs).to(device).eval()
+        with _quiet_weights(getattr(src, "kind", "") != "hub"):
+            model = cls.from_pretrained(loc, **kwargs).to(device).eval()
         processor = AutoProcessor.from_pretrained(loc, local_files_only=lfo)
     except (OSError, ValueError) as err:
         raise LoadError(
@@ -407,3 +410,19 @@ def load(
 def _snapshot_dir(src: Source) -> Path | None:
     cached = _cached_config(src.location)
     return cached.parent if cached is not None else None
+
+
+@contextmanager
+def _quiet_weights(quiet: bool):
+    """No "Loading weights" progress bar for checkpoints read from disk (it is noise in a notebook
+    or a command's output); a hub download keeps transformers' own bars."""
+    from transformers.utils import logging as tlog
+
+    was = tlog.is_progress_bar_enabled()
+    if quiet and was:
+        tlog.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if quiet and was:
+            tlog.enable_progress_bar()
