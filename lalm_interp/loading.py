@@ -17,18 +17,16 @@ with :func:`identity` (provenance of cached activations and results).
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-
 import difflib
 import hashlib
 import os
 import re
 import socket
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 from .errors import LoadError

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from . import count
-
 import json
-from pathlib import Path
 import warnings
 from dataclasses import replace
+from pathlib import Path
+
+from . import count
 
 
 def load_model(name: str):
@@ -67,10 +67,9 @@ def check_forms(forms: tuple[str, ...], bench) -> None:
 
 def _run(args) -> int:
     from lalm_interp.bench.store import Benchmark
+    from lalm_interp.loading import resolve_source
     from lalm_interp.specs import SpecError, experiment_from_file
     from lalm_interp.tracing.run import benchmark_id, prompts_from_bench, run_experiment
-
-    from lalm_interp.loading import resolve_source
 
     resolve_source(args.model)  # an unknown or unreachable --model fails before anything is read
     if args.facts and not Path(args.facts).is_file():
