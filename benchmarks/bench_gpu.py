@@ -84,6 +84,20 @@ def reset_peak(device: str) -> None:
         torch.cuda.reset_peak_memory_stats()
 
 
+def build_random(config, device: str, dtype) -> Any:
+    """A Qwen2-Audio with random weights of ``config``, built directly on ``device`` in ``dtype``."""
+    from transformers import Qwen2AudioForConditionalGeneration
+
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            model = Qwen2AudioForConditionalGeneration(config).eval()
+        return model.to(dtype)  # sub-configs carry the checkpoint's dtype; make every part the same
+    finally:
+        torch.set_default_dtype(old)
+
+
 # ---------------------------------------------------------------------------- sections
 def correctness(device: str, out_dir: Path) -> dict[str, Any]:
     import lalm_interp
@@ -210,7 +224,7 @@ def compiler(device: str, clock: Clock) -> dict[str, Any]:
 
 
 def real_dims(device: str, clock: Clock, small: bool, budget_s: float) -> dict[str, Any]:
-    from transformers import AutoConfig, AutoProcessor, Qwen2AudioForConditionalGeneration
+    from transformers import AutoConfig, AutoProcessor
 
     from lalm_interp import adapters
     from lalm_interp.specs import Experiment, Restore
@@ -224,14 +238,7 @@ def real_dims(device: str, clock: Clock, small: bool, budget_s: float) -> dict[s
     res: dict[str, Any] = {"dtype": str(dtype), "audio_layers": config.audio_config.encoder_layers,
                            "text_layers": config.text_config.num_hidden_layers}
     t0 = time.perf_counter()
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device(device):
-            model = Qwen2AudioForConditionalGeneration(config).eval()
-        model = model.to(dtype)  # sub-configs carry the checkpoint's dtype; make every part the same
-    finally:
-        torch.set_default_dtype(old)
+    model = build_random(config, device, dtype)
     res["build_s"] = round(time.perf_counter() - t0, 1)
     res["params_b"] = round(sum(p.numel() for p in model.parameters()) / 1e9, 3)
     res["weights_mb"] = peak_mb(device)
@@ -270,7 +277,7 @@ def _real_model(device: str, small: bool, dtype: torch.dtype, *, narrow: bool = 
     """Qwen2-Audio-7B's architecture from the fixture config, random weights in ``dtype`` on ``device``;
     ``small``: ``layers`` + ``layers`` layers; ``narrow`` (with ``small``): also widths 256 / 512 so a
     CPU holds it (the 7B widths with 2 layers are still ~1.4 B parameters, mostly embeddings)."""
-    from transformers import AutoConfig, AutoProcessor, Qwen2AudioForConditionalGeneration
+    from transformers import AutoConfig, AutoProcessor
 
     config = AutoConfig.from_pretrained(FIXTURE, local_files_only=True)
     processor = AutoProcessor.from_pretrained(FIXTURE, local_files_only=True)
@@ -282,14 +289,7 @@ def _real_model(device: str, small: bool, dtype: torch.dtype, *, narrow: bool = 
             tc.hidden_size, tc.num_attention_heads, tc.num_key_value_heads, tc.intermediate_size = 256, 4, 4, 512
             if getattr(tc, "head_dim", None) is not None:
                 tc.head_dim = 64
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device(device):
-            model = Qwen2AudioForConditionalGeneration(config).eval()
-        model = model.to(dtype)  # sub-configs carry the checkpoint's dtype; make every part the same
-    finally:
-        torch.set_default_dtype(old)
+    model = build_random(config, device, dtype)
     return model, processor, config
 
 
