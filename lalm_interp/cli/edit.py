@@ -101,12 +101,6 @@ def make_editor(args: Any, sites: Any = None) -> Any:
     spec = sites if len(sites) > 1 else sites[0]
     preset = getattr(args, "preset", None)
     if preset:
-        import inspect
-
-        if "preset" not in inspect.signature(make).parameters:
-            raise EditorError(f"--preset {preset!r}: this version of lalm_interp.editors.make() has no presets; "
-                              f"drop --preset and set hyper-parameters with --hparam KEY=VALUE. "
-                              f"Docs: docs/usage/evaluation.md#sites-and-presets.")
         editor = make(args.method, spec, preset=preset)
         hp = editor.hparams
     else:
@@ -126,14 +120,8 @@ def model_preset(name: str) -> str:
     rule as :func:`lalm_interp.editors.presets.default_preset` on a loaded model."""
     from lalm_interp.editors import presets
 
-    if str(name) == "organism":
+    if str(name) == "organism" or presets.is_organism_checkpoint(str(name)):
         return presets.ORGANISM
-    man = Path(str(name)) / "manifest.json"
-    try:
-        if man.is_file() and "recipe" in json.loads(man.read_text("utf-8")):
-            return presets.ORGANISM
-    except (OSError, ValueError):
-        pass
     return presets.PAPER
 
 
@@ -367,10 +355,8 @@ def check_preset(method: str, preset: str | None) -> None:
     ``lalm_interp.editors.presets`` lists the valid names and the closest one)."""
     if not preset:
         return
-    try:
-        from lalm_interp.editors import presets
-    except ImportError:
-        return  # make_editor says presets are not available
+    from lalm_interp.editors import presets
+
     presets.path(method, preset)
 
 

@@ -151,6 +151,16 @@ def resolve(editor: str, hparams: Any, preset: str | None) -> Any:
     return load(editor, preset)
 
 
+def is_organism_checkpoint(folder: "str | Path") -> bool:
+    """Whether ``folder`` holds an organism checkpoint (a ``manifest.json`` with a ``recipe``, as
+    ``lalm-interp organism train`` writes and ``load("organism")`` loads)."""
+    man = Path(folder) / "manifest.json"
+    try:
+        return man.is_file() and "recipe" in json.loads(man.read_text("utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
 def default_preset(model: Any = None, adapter: Any = None) -> str:
     """The preset a model asks for: ``model.lalm_interp_preset`` or ``model.config.lalm_interp_preset``
     if set; ``"organism"`` for an organism checkpoint (``manifest.json`` with a ``recipe`` beside the
@@ -161,12 +171,7 @@ def default_preset(model: Any = None, adapter: Any = None) -> str:
         if isinstance(name, str) and name:
             return name
     src = str(getattr(getattr(model, "config", None), "_name_or_path", "") or "")
-    if src:
-        man = Path(src) / "manifest.json"
-        try:
-            if man.is_file() and "recipe" in json.loads(man.read_text("utf-8")):
-                return ORGANISM
-        except (OSError, json.JSONDecodeError):
-            pass
+    if src and is_organism_checkpoint(src):
+        return ORGANISM
     spec = getattr(adapter, "spec", adapter)
     return getattr(spec, "default_preset", None) or PAPER
