@@ -22,7 +22,7 @@ import h5py
 import numpy as np
 
 from lalm_interp.cache import Batch, Positions, Provenance, Store
-from lalm_interp.cache.atomic import fsync_file
+from lalm_interp.atomic import fsync_file
 
 N_KEYS, EXAMPLES, POSITIONS, HIDDEN = 4, 16, 256, 4096
 

@@ -56,7 +56,7 @@ def main() -> None:
     from lalm_interp.bench.builder import build
     from lalm_interp.bench.datasets import load_facts
     from lalm_interp.bench.store import Benchmark
-    from lalm_interp.cli.trace import load_model
+    from lalm_interp.apps.cli.trace import load_model
     from lalm_interp.executors import RayExecutor
     from lalm_interp.executors.ray_executor import timed_noop
     from lalm_interp.specs import Corrupt, Experiment, Restore
@@ -129,7 +129,7 @@ def bench_eval(args) -> None:
 
     import lalm_interp
     from lalm_interp.bench import Benchmark, build
-    from lalm_interp.cli.trace import load_model
+    from lalm_interp.apps.cli.trace import load_model
     from lalm_interp.editors import EditContext, make
     from lalm_interp.evaluation import cases_from_benchmark, run
     from lalm_interp.executors import RayExecutor, evaluate_sharded

@@ -1,6 +1,6 @@
 """lalm-interp: mechanistic interpretability and knowledge editing for large audio-language models."""
 
-__version__ = "0.1.0"
+from ._version import __version__  # noqa: E402
 
 from .sites import Site, parse as parse_site  # noqa: E402
 from .speech.audio import load_audio  # noqa: E402

@@ -19,6 +19,7 @@ from jaxtyping import Float, Int
 
 from .adapters.base import Adapter
 from .errors import AudioInputError
+from .speech.audio import RATE_HINT, TOOLKIT_RATE, _rate, check_samples, require_rates, resample  # noqa: F401
 
 DEFAULT_INSTRUCTION = "Complete the sentence."
 
@@ -100,37 +101,10 @@ def place(inputs: "PromptBatch | dict[str, torch.Tensor]", model: torch.nn.Modul
     return _moved(inputs, device, dtype)
 
 
-TOOLKIT_RATE = 16000
-"""The rate of the audio the toolkit itself makes: benchmark clips, :func:`lalm_interp.load_audio`'s
-output, corpus utterances and the toolkit's TTS. Not a default: a raw array given to
-:func:`build_inputs`, :class:`~lalm_interp.tracing.causal.SpokenPrompt` or ``trace_example`` needs
-its rate stated (``sample_rate=``), or the call raises :class:`AudioInputError`."""
-
-RATE_HINT = ("pass sample_rate=<the clip's rate in Hz>; lalm_interp.load_audio(path) returns 16 kHz "
-             "audio and benchmark items carry their rate (item.sample_rate)")
-
-
-def require_rates(sample_rate: Any, n: int, *, arg: str = "sample_rate", where: str = "") -> None:
-    """Raise :class:`AudioInputError` when ``n`` raw sample arrays come without their rate
-    (``sample_rate`` is ``None``, or a list holding ``None``): the rate of an array cannot be read
-    from its samples, and guessing 16 kHz silently stretches or squeezes other recordings."""
-    if isinstance(sample_rate, (list, tuple)):
-        missing = sum(r is None for r in sample_rate)
-    else:
-        missing = n if sample_rate is None else 0
-    if missing:
-        hint = RATE_HINT.replace("sample_rate=", f"{arg}=", 1)
-        raise AudioInputError(
-            f"{where}{missing} raw sample array(s) given without {arg}; the rate of an array cannot be "
-            f"read from its samples and is never guessed. Fix: {hint}.")
-
-
 def check_audio(audio: Any, sample_rate: int, adapter: Adapter, *, name: str = "audio") -> np.ndarray:
     """Validate one clip given at ``sample_rate`` Hz and return it as 1-D float32 at the model's
     rate (resampled with :func:`lalm_interp.speech.audio.resample` when the rates differ).
     Raises :class:`AudioInputError`."""
-    from .speech.audio import _rate, check_samples, resample
-
     chain = adapter.rate_chain
     require_rates(sample_rate, 1, where=f"{name}: ")
     sample_rate = _rate(sample_rate, f"{name}: sample_rate")

@@ -45,10 +45,10 @@ def clip_key(text: str, rendition: Rendition | str, backend_version: str) -> str
 
 def atomic_write_bytes(path: Path, data: bytes, *, fsync: bool = True) -> None:
     """Write ``data`` to ``path`` atomically with normal permissions (``0o666 & ~umask``): readers
-    see the old file or the new one, never a partial one (:func:`lalm_interp.cache.atomic.write_bytes`).
+    see the old file or the new one, never a partial one (:func:`lalm_interp.atomic.write_bytes`).
     ``fsync`` also flushes the data to disk before the rename (survives power loss, ~10 ms per
     file); clips skip it — a lost clip is resynthesised by the next build."""
-    from ..cache.atomic import write_bytes
+    from ..atomic import write_bytes
 
     write_bytes(path, data, durable=fsync)
 

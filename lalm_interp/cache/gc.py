@@ -11,8 +11,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .atomic import TMP_SUFFIX, parse_temp
-from .atomic import pid_alive as _pid_alive
+from ..atomic import TMP_SUFFIX, parse_temp
+from ..atomic import pid_alive as _pid_alive
 from .catalog import Scanner
 from .layout import quarantine_dir, stats_dir
 from .shards import ShardCheck, verify_shard

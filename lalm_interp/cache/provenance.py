@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from .. import __version__
+from .._version import __version__
 from .errors import CacheError
 
 

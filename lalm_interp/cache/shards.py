@@ -43,7 +43,7 @@ import h5py
 import numpy as np
 
 from .. import sites as _sites
-from .atomic import publish, temp_path
+from ..atomic import publish, temp_path
 from .batch import Batch, Positions, convert
 from .errors import CacheError
 from .provenance import Provenance

@@ -19,9 +19,9 @@ import h5netcdf
 import h5py
 import numpy as np
 
-from .. import __version__
+from .._version import __version__
 from .. import sites as _sites
-from .atomic import publish, temp_path
+from ..atomic import publish, temp_path
 from .batch import to_numpy
 from .errors import CacheError
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-from .atomic import write_text_atomic
+from ..atomic import write_text_atomic
 from .batch import Batch
 from .errors import CacheError
 from .layout import check_name, manifest_path, run_dir

@@ -24,7 +24,7 @@ from ..errors import LalmInterpError, ScoringError, SpanError
 from ..inputs import DEFAULT_INSTRUCTION
 from ..plugins import Registry
 from ..sites import Site
-from ..tracing.causal import SpokenPrompt
+from ..prompts import SpokenPrompt
 
 WORDS = {"first": "first_subject_word", "last": "last_subject_word", "subject": "subject"}
 """``EditRequest.word`` → the named span the key is pooled over."""

@@ -37,7 +37,7 @@ DOCS = "docs/usage/scale-out.md"
 
 # ---------------------------------------------------------------------------- files
 def case_path(folder: Path, case_id: str) -> Path:
-    from ..tracing.run import _safe
+    from ..atomic import safe_name as _safe
 
     return folder / f"{_safe(case_id)}.json"
 

@@ -19,7 +19,7 @@ from .base import chunks, fault_spec, maybe_fail
 
 
 def example_path(out: Path, example_id: str) -> Path:
-    from ..tracing.run import _safe
+    from ..atomic import safe_name as _safe
 
     return out / "examples" / f"{_safe(example_id)}.nc"
 
@@ -134,8 +134,8 @@ def trace_sharded(executor: Any, prompts: Sequence[Any], exp: Any, out: "str | o
 
 def remove_orphan_temps(folder: Path) -> list[Path]:
     """Delete temp files a killed worker left behind (our own temp names only, see
-    ``lalm_interp.cache.atomic.remove_orphan_temps``; call once no worker of this run is alive)."""
-    from ..cache.atomic import remove_orphan_temps as remove
+    ``lalm_interp.atomic.remove_orphan_temps``; call once no worker of this run is alive)."""
+    from ..atomic import remove_orphan_temps as remove
 
     return remove(folder)
 

@@ -349,7 +349,7 @@ class WhisperXAligner:
     def align(self, text: str, audio: np.ndarray, *, key: str,
               events: Sequence[WordSpan] | None = None,
               sample_rate: int | None = None) -> tuple[WordSpan, ...]:
-        from ..inputs import require_rates
+        from .audio import require_rates
         from .tts import resample
 
         require_rates(sample_rate, 1, arg="sample_rate", where=f"WhisperXAligner.align({key!r}): ")

@@ -125,3 +125,28 @@ def load_audio(path: str | Path, sr: int = SAMPLE_RATE, *, key: str = "") -> np.
     name = f"{str(p)!r}{who}"
     check_samples(mono, rate, name=name, warn_over=True)
     return np.ascontiguousarray(resample(mono, rate, sr))
+
+
+TOOLKIT_RATE = 16000
+"""The rate of the audio the toolkit itself makes: benchmark clips, :func:`lalm_interp.load_audio`'s
+output, corpus utterances and the toolkit's TTS. Not a default: a raw array given to
+:func:`build_inputs`, :class:`~lalm_interp.tracing.causal.SpokenPrompt` or ``trace_example`` needs
+its rate stated (``sample_rate=``), or the call raises :class:`AudioInputError`."""
+
+RATE_HINT = ("pass sample_rate=<the clip's rate in Hz>; lalm_interp.load_audio(path) returns 16 kHz "
+             "audio and benchmark items carry their rate (item.sample_rate)")
+
+
+def require_rates(sample_rate: Any, n: int, *, arg: str = "sample_rate", where: str = "") -> None:
+    """Raise :class:`AudioInputError` when ``n`` raw sample arrays come without their rate
+    (``sample_rate`` is ``None``, or a list holding ``None``): the rate of an array cannot be read
+    from its samples, and guessing 16 kHz silently stretches or squeezes other recordings."""
+    if isinstance(sample_rate, (list, tuple)):
+        missing = sum(r is None for r in sample_rate)
+    else:
+        missing = n if sample_rate is None else 0
+    if missing:
+        hint = RATE_HINT.replace("sample_rate=", f"{arg}=", 1)
+        raise AudioInputError(
+            f"{where}{missing} raw sample array(s) given without {arg}; the rate of an array cannot be "
+            f"read from its samples and is never guessed. Fix: {hint}.")

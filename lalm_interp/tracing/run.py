@@ -26,7 +26,6 @@ import datetime as _dt
 import hashlib
 import json
 import os
-import re
 import sys
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -34,7 +33,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import xarray as xr
 
-from ..cache.atomic import atomic_write, remove_orphan_temps
+from ..atomic import atomic_write, remove_orphan_temps, safe_name
 from ..errors import AudioInputError, LalmInterpError, SpanError
 from ..specs import Experiment, SpecError
 from .causal import Prepared, SpokenPrompt, aggregate, trace_example
@@ -43,11 +42,6 @@ MANIFEST = "experiment.json"
 FORMAT = 2
 QUARANTINE = "quarantine"
 KEY_FIELDS = ("model", "weights", "benchmark", "spec")
-
-
-def _safe(example_id: str) -> str:
-    base = re.sub(r"[^A-Za-z0-9._-]+", "_", example_id)[:80]
-    return f"{base}-{hashlib.sha1(example_id.encode()).hexdigest()[:8]}"
 
 
 def write_atomic_netcdf(ds: xr.Dataset, path: Path) -> None:
@@ -363,7 +357,7 @@ def run_experiment(
             skipped[ex.id] = why
     loaded: dict[str, xr.Dataset] = {}
     for ex in runnable:
-        path = out / "examples" / f"{_safe(ex.id)}.nc"
+        path = out / "examples" / f"{safe_name(ex.id)}.nc"
         if path.exists():
             ds, why = check_example_file(path, ex, exp, key, legacy_ok)
             if why is not None:
@@ -413,7 +407,7 @@ def run_experiment(
                         bar.update(1)
                     continue
                 _annotate(ds, ex, key, windows)
-                write_atomic_netcdf(ds, out / "examples" / f"{_safe(ex.id)}.nc")
+                write_atomic_netcdf(ds, out / "examples" / f"{safe_name(ex.id)}.nc")
                 done += 1
             if store is not None and exp.reads:  # also after a resume: shards already complete are skipped
                 write_reads(model, processor, adapter, ex, exp, store, provenance, index=index)

@@ -1,6 +1,6 @@
 """`lalm-interp bench build` / `show` through the real CLI entry point."""
 
-from lalm_interp.cli import main
+from lalm_interp.apps.cli import main
 
 
 def test_build_then_show(tmp_path, capsys):

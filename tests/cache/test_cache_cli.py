@@ -7,8 +7,8 @@ import os
 from cache_helpers import make_batch, provenance
 
 from lalm_interp.cache import Store
-from lalm_interp.cache.atomic import temp_path
-from lalm_interp.cli import main
+from lalm_interp.atomic import temp_path
+from lalm_interp.apps.cli import main
 
 
 def test_ls_show_gc(tmp_path, capsys):

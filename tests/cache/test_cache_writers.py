@@ -15,7 +15,7 @@ import xarray as xr
 from cache_helpers import make_batch, provenance
 
 from lalm_interp.cache import CacheError, Store
-from lalm_interp.cache.atomic import temp_path
+from lalm_interp.atomic import temp_path
 
 SCRIPT = Path(__file__).parent / "writer_script.py"
 N_SHARDS = 6

@@ -84,7 +84,7 @@ def test_failed_case_is_recorded_and_skipped(ctx):
 def test_cli_edit_run_and_eval_table(tiny_deep, tmp_path, capsys):
     pytest.importorskip("espeakng_loader")
     from lalm_interp.bench import build, load_facts
-    from lalm_interp.cli import main
+    from lalm_interp.apps.cli import main
 
     model, processor, _ = tiny_deep
     model.save_pretrained(tmp_path / "model")

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lalm_interp.cli import main
+from lalm_interp.apps.cli import main
 
 SITE = "text.layers.4"
 CORPUS_N = "24"  # 3 batches of 8 clips: 3 statistics chunks on 2 workers

@@ -82,8 +82,8 @@ def assert_same_run(out: Path, ref_out: Path, *, same_key: bool = True) -> None:
 
 # ---------------------------------------------------------------------------- local (no Ray)
 def test_default_path_never_imports_ray():
-    code = ("import sys, lalm_interp.executors, lalm_interp.tracing.run, lalm_interp.cli; "
-            "lalm_interp.cli.build_parser(); assert 'ray' not in sys.modules, 'ray imported'")
+    code = ("import sys, lalm_interp.executors, lalm_interp.tracing.run, lalm_interp.apps.cli; "
+            "lalm_interp.apps.cli.build_parser(); assert 'ray' not in sys.modules, 'ray imported'")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-1500:]
 

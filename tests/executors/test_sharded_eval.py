@@ -190,7 +190,7 @@ def test_reproduce_editing_stage_on_ray(ray_ex, organism, organism_bench, settin
     import shutil
 
     from lalm_interp import executors
-    from lalm_interp.reproduce import ReproduceConfig, _edit_rows
+    from lalm_interp.apps.reproduce import ReproduceConfig, _edit_rows
 
     _, corpus = setting
     from types import SimpleNamespace

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from lalm_interp.cli import main
+from lalm_interp.apps.cli import main
 from lalm_interp.errors import AudioInputError
 from lalm_interp.inputs import build_inputs
 from lalm_interp.speech.audio import load_audio

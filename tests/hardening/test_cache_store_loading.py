@@ -22,7 +22,7 @@ from cache_helpers import make_batch, provenance  # noqa: E402
 from lalm_interp.bench.errors import BenchmarkError  # noqa: E402
 from lalm_interp.cache import CacheError, SecondMoment, Store  # noqa: E402
 from lalm_interp.cache.shards import HANDLES  # noqa: E402
-from lalm_interp.cli import main  # noqa: E402
+from lalm_interp.apps.cli import main  # noqa: E402
 from lalm_interp.errors import LoadError  # noqa: E402
 
 CACHE_PAGE = "docs/errors/cache.md"

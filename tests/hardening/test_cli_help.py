@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from lalm_interp.cli import HELP, build_parser, subcommands
+from lalm_interp.apps.cli import HELP, build_parser, subcommands
 
 PARSER = build_parser()
 PATHS = {" ".join(path): sub for path, sub in subcommands(PARSER)}
@@ -73,7 +73,7 @@ def test_top_level_help_lists_version_and_examples():
     assert "--version" in text and "lalm-interp demo --quick" in text
 
 
-LOAD = ("import sys; from lalm_interp.cli import quiet_libraries\n"
+LOAD = ("import sys; from lalm_interp.apps.cli import quiet_libraries\n"
         "if sys.argv[1] == 'quiet': quiet_libraries()\n"
         "import lalm_interp\n"
         "if sys.argv[1] == 'plain':  # transformers itself, on the organism's folder\n"

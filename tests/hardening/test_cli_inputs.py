@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from lalm_interp.cli import main
+from lalm_interp.apps.cli import main
 
 
 @pytest.mark.parametrize("argv", [
@@ -40,7 +40,7 @@ def test_hparam_values_are_type_checked(kv, needle):
     """``--hparam steps=abc`` used to die in the editor's check with a TypeError traceback."""
     from types import SimpleNamespace
 
-    from lalm_interp.cli.edit import make_editor
+    from lalm_interp.apps.cli.edit import make_editor
     from lalm_interp.editors import EditorError
 
     args = SimpleNamespace(method="rome", site=["text.layers.1"], preset=None, hparam=[kv])

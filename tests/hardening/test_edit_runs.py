@@ -356,7 +356,7 @@ def bench(tmp_path_factory):
 
 
 def cli(bench, out, *extra):
-    from lalm_interp.cli import main
+    from lalm_interp.apps.cli import main
 
     return main(["edit", "run", "--model", "organism", "--bench", str(bench), "--out", str(out),
                  "--threads", "1", *extra])
@@ -424,8 +424,8 @@ def test_sigkilled_edit_run_resumes(bench, tmp_path):
 
 
 def test_no_site_uses_the_documented_organism_default(bench, tmp_path, capsys):
-    from lalm_interp.cli import main
-    from lalm_interp.cli.edit import DEFAULT_LAYERS
+    from lalm_interp.apps.cli import main
+    from lalm_interp.apps.cli.edit import DEFAULT_LAYERS
 
     assert main(["edit", "run", "--model", "organism", "--bench", str(bench), "--out", str(tmp_path), "--threads", "1",
                  "--method", "rome", "--hparam", "steps=1", "--hparam", "cov=identity", "--limit", "1"]) == 0
@@ -441,8 +441,8 @@ def test_site_auto_takes_the_peak_aie_layer_of_a_selection_trace(bench, tmp_path
     prompts and edits the peak-AIE MLP layer of the chosen stream."""
     import xarray as xr
 
-    from lalm_interp.cli import main
-    from lalm_interp.demo_edits import SPANS
+    from lalm_interp.apps.cli import main
+    from lalm_interp.apps.demo_edits import SPANS
     from lalm_interp.tracing.select import top_layers
 
     argv = ["edit", "run", "--model", "tiny-random", "--bench", str(bench), "--out", str(tmp_path), "--threads", "1",
@@ -459,7 +459,7 @@ def test_site_auto_takes_the_peak_aie_layer_of_a_selection_trace(bench, tmp_path
 
 
 def test_cases_longer_than_the_window_are_skipped_up_front_with_the_reason():
-    from lalm_interp.cli.edit import fitting
+    from lalm_interp.apps.cli.edit import fitting
 
     long = EditCase(EditRequest(SpokenPrompt("long", noise(5.0, 9), WORDS, (0, 1), "Paris", sample_rate=16000), "Seattle", "first", "long"))
     meta, said = {}, []

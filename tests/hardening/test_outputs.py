@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from lalm_interp import report
+from lalm_interp.apps import report
 from lalm_interp.tracing import plots
 
 FIXTURE_TOKENIZER = Path(__file__).resolve().parents[1] / "fixtures" / "qwen2_audio_7b"
@@ -299,7 +299,7 @@ ROWS = [
 
 
 def test_table1_has_n_editor_layers_and_measured_columns():
-    from lalm_interp.demo import table1_table
+    from lalm_interp.apps.demo import table1_table
 
     header, body = table1_table(ROWS)
     for h in ("Editor", "Edited layers", "n", "Score", "ES", "PS", "NS", "n para.", "n neigh.", "Reached",
@@ -312,7 +312,7 @@ def test_table1_has_n_editor_layers_and_measured_columns():
 
 
 def test_table1_without_measured_fields_still_renders():
-    from lalm_interp.demo import table1_table
+    from lalm_interp.apps.demo import table1_table
 
     old = [{k: r[k] for k in ("modality", "method", "editor", "sites", "score", "es", "ps", "ns")} for r in ROWS]
     header, body = table1_table(old)
@@ -331,7 +331,7 @@ def _summary():
 
 
 def test_what_we_found_is_generated_from_the_results():
-    from lalm_interp.demo import findings
+    from lalm_interp.apps.demo import findings
 
     text = findings(_summary())
     assert "0.878" in text and "0.533" in text and "n=3" in text
@@ -347,7 +347,7 @@ def _page(tmp_path) -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from lalm_interp.demo import DemoConfig, write_report
+    from lalm_interp.apps.demo import DemoConfig, write_report
 
     for f in ("heatmap_spectrogram.png", "heatmap/heatmap_text.resid.each.png", "trace/figure2.png"):
         (tmp_path / f).parent.mkdir(parents=True, exist_ok=True)
@@ -372,7 +372,7 @@ def test_page_opens_with_findings_and_has_captioned_table1_and_run_table(tmp_pat
 
 
 def test_demo_cli_summary_is_rounded():
-    from lalm_interp.cli.demo import summary_text
+    from lalm_interp.apps.cli.demo import summary_text
 
     text = summary_text(_summary())
     assert "Score  63.42" in text and "63.4227" not in text and "P_clean 0.878" in text

@@ -63,7 +63,7 @@ def manifest(out):
 
 
 def example_file(out, p):
-    from lalm_interp.tracing.run import _safe
+    from lalm_interp.atomic import safe_name as _safe
 
     return Path(out) / "examples" / f"{_safe(p.id)}.nc"
 
@@ -292,7 +292,7 @@ def test_shared_files_have_normal_permissions(tiny_deep, bench, tmp_path):
 
 @pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640), (0o002, 0o664)])
 def test_atomic_write_uses_the_umask_like_open(tmp_path, umask, mode):
-    from lalm_interp.cache.atomic import atomic_write
+    from lalm_interp.atomic import atomic_write
 
     old = os.umask(umask)
     try:
@@ -305,7 +305,7 @@ def test_atomic_write_uses_the_umask_like_open(tmp_path, umask, mode):
 
 
 def test_atomic_write_failure_keeps_the_old_file_and_no_temp(tmp_path):
-    from lalm_interp.cache.atomic import atomic_write
+    from lalm_interp.atomic import atomic_write
 
     (tmp_path / "f").write_text("old")
     with pytest.raises(RuntimeError):
@@ -354,7 +354,7 @@ def test_window_longer_than_the_stack_is_clipped_with_a_note(tiny_deep, bench, t
 def test_cli_trace_run_as_typed_on_the_organism(bench, tmp_path, capsys):
     """`trace run tracing_specs/hidden_audio.py --model organism` (window 10, 6 layers) works as typed;
     --forms takes a comma-separated list; the same --out with another model is refused with the fix."""
-    from lalm_interp.cli import main
+    from lalm_interp.apps.cli import main
 
     out = tmp_path / "o"
     args = ["trace", "run", str(ROOT / "tracing_specs" / "hidden_audio.py"), "--model", "organism",
@@ -374,7 +374,7 @@ def test_cli_trace_run_as_typed_on_the_organism(bench, tmp_path, capsys):
 
 @pytest.mark.parametrize("forms, needle", [("promt", "did you mean 'prompt'"), ("prompt,paraphrase", "'paraphrase'")])
 def test_cli_unknown_form_is_named(bench, tmp_path, capsys, forms, needle):
-    from lalm_interp.cli import main
+    from lalm_interp.apps.cli import main
 
     args = ["trace", "run", str(ROOT / "tracing_specs" / "mlp_text.py"), "--model", "tiny-random", "--bench",
             str(bench[0]), "--out", str(tmp_path / "o"), "--forms", forms, "--no-progress"]
@@ -385,7 +385,7 @@ def test_cli_unknown_form_is_named(bench, tmp_path, capsys, forms, needle):
 
 
 def test_cli_forms_single_value_still_works(bench, tmp_path, capsys):
-    from lalm_interp.cli import main
+    from lalm_interp.apps.cli import main
 
     args = ["trace", "run", str(ROOT / "tracing_specs" / "mlp_text.py"), "--model", "tiny-random", "--bench",
             str(bench[0]), "--out", str(tmp_path / "o"), "--limit", "1", "--forms", "subject", "--no-progress"]

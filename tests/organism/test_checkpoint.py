@@ -81,7 +81,7 @@ def test_known_scorer_drives_filter_known(organism, manifest, subset_items):
 
 
 def test_cli_eval_subset_prints_json(organism_work, subset_items, capsys):
-    from lalm_interp.cli import main
+    from lalm_interp.apps.cli import main
 
     assert main(["organism", "eval", "--subset", "--work", str(organism_work)]) == 0
     out = json.loads(capsys.readouterr().out)

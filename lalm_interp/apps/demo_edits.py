@@ -28,7 +28,7 @@ SPANS = {"audio": "last_subject_word", "text": "last_token"}
 
 
 def choose_layers(agg: xr.Dataset, stream: str, k: int) -> list[int]:
-    from .tracing.select import top_layers
+    from ..tracing.select import top_layers
 
     span = SPANS[stream]
     if span not in agg["span"].values:  # an older trace without the last-token span
@@ -61,9 +61,9 @@ def table1(cfg: Any, model, processor, adapter, bench, known: list[str], recipe)
     import torch
     from tqdm.auto import tqdm
 
-    from . import evaluation
-    from .bench.corpus import SYNTH_N, corpus_id, protected_corpus
-    from .editors import EditContext, KeyCorpus, make, presets
+    from .. import evaluation
+    from ..bench.corpus import SYNTH_N, corpus_id, protected_corpus
+    from ..editors import EditContext, KeyCorpus, make, presets
 
     out = Path(cfg.out)
     agg = xr.load_dataset(out / "trace" / "aie.nc", engine="h5netcdf")
@@ -72,7 +72,7 @@ def table1(cfg: Any, model, processor, adapter, bench, known: list[str], recipe)
     exclude = [c.request.prompt.id for c in cases]
     n = getattr(cfg, "corpus_n", SYNTH_N)
     utts = protected_corpus(None, n=n, fallback_dir=out / f"protected_corpus-{n}", exclude=exclude)
-    from .cache import Store
+    from ..cache import Store
 
     ctx = EditContext(model, processor, adapter, store=Store(out / "cache"),
                       corpus=KeyCorpus(corpus_id(utts, "demo-synth"), utts, instruction=recipe.instruction))
@@ -99,7 +99,7 @@ def table1(cfg: Any, model, processor, adapter, bench, known: list[str], recipe)
 
 
 def _row(res, editor, label: str, name: str, sites: list[str], out: Path, results: list, rows: list) -> None:
-    from . import evaluation
+    from .. import evaluation
 
     mod = evaluation.modality(sites)
     dest = out / "edits" / f"{mod}-{label}".replace(" ", "_")

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from .specs import Corrupt, Experiment, Restore
+from ..specs import Corrupt, Experiment, Restore
 
 AUDIO_SPANS = ("first_subject_word", "last_subject_word", "last_word")
 TEXT_SPANS = AUDIO_SPANS + ("last_token",)
@@ -101,9 +101,9 @@ class Stages:
 
 
 def _facts_and_recipe(model_name: str, n_facts: int):
-    from .loading import resolve
-    from .organism.export import recipe_of
-    from .organism.facts import choose_facts
+    from ..loading import resolve
+    from ..organism.export import recipe_of
+    from ..organism.facts import choose_facts
 
     path, _ = resolve(model_name)
     recipe = recipe_of(path)
@@ -112,7 +112,7 @@ def _facts_and_recipe(model_name: str, n_facts: int):
 
 
 def build_bench(cfg: DemoConfig, facts, rendition: str):
-    from .bench import Benchmark, build
+    from ..bench import Benchmark, build
 
     out = Path(cfg.out) / "bench"
     build(facts, out, renditions=[rendition], forms=("prompt", "subject", "paraphrase", "neighbourhood"),
@@ -123,9 +123,9 @@ def build_bench(cfg: DemoConfig, facts, rendition: str):
 def known_facts(model, processor, adapter, bench, instruction: str) -> tuple[list[str], int]:
     """(facts whose edit prompt fits the encoder window and whose first object token is top-1, the
     number of edit prompts left out because they are longer than the window — never truncated)."""
-    from .bench.select import filter_known
-    from .inputs import window_samples
-    from .known import known_scorer
+    from ..bench.select import filter_known
+    from ..inputs import window_samples
+    from ..known import known_scorer
 
     window = window_samples(adapter)
     prompts = [it for it in bench.select(form="prompt") if it.n_samples <= window]
@@ -134,7 +134,7 @@ def known_facts(model, processor, adapter, bench, instruction: str) -> tuple[lis
 
 
 def trace(cfg: DemoConfig, model, processor, adapter, bench, known: list[str], instruction: str):
-    from .tracing.run import prompts_from_bench, run_experiment
+    from ..tracing.run import prompts_from_bench, run_experiment
 
     prompts = [replace(p, instruction=instruction)
                for p in prompts_from_bench(bench, limit=cfg.n_trace, fact_ids=known)]
@@ -294,8 +294,8 @@ def run_table(cfg: "DemoConfig", summary: dict[str, Any]) -> str:
 def spectrogram_heatmap(cfg: DemoConfig, prompt) -> Path:
     import xarray as xr
 
-    from .tracing.plots import plot_heatmap_over_spectrogram
-    from .tracing.run import _safe
+    from ..tracing.plots import plot_heatmap_over_spectrogram
+    from ..atomic import safe_name as _safe
 
     ds = xr.load_dataset(Path(cfg.out) / "heatmap" / "examples" / f"{_safe(prompt.id)}.nc", engine="h5netcdf")
     return plot_heatmap_over_spectrogram(ds, "audio.resid.each", prompt.audio, Path(cfg.out) / "heatmap_spectrogram")[0]
@@ -348,7 +348,7 @@ def run(cfg: DemoConfig, *, edit_fn=None) -> dict[str, Any]:
     """Run the demo; returns the summary written to ``results.json``."""
     import torch
 
-    from . import load
+    from .. import load
 
     torch.manual_seed(cfg.seed)
     out = Path(cfg.out)

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 
 def run(args) -> int:
-    from lalm_interp.demo import DemoConfig, run as run_demo
+    from lalm_interp.apps.demo import DemoConfig, run as run_demo
 
     kw = {"out": args.out, "model": args.model}
     cfg = DemoConfig.quick(**kw) if args.quick else DemoConfig(**kw)
     edit_fn = None
     try:
-        from lalm_interp.demo_edits import table1 as edit_fn  # noqa: F811
+        from lalm_interp.apps.demo_edits import table1 as edit_fn  # noqa: F811
     except ImportError:  # editors not installed in this build
         pass
     summary = run_demo(cfg, edit_fn=edit_fn)
@@ -25,8 +25,8 @@ def run(args) -> int:
 
 def summary_text(summary: dict) -> str:
     """The closing summary, numbers rounded for reading (``Score 63.42``, ``P_clean 0.878``)."""
-    from lalm_interp.demo import _span_text
-    from lalm_interp.report import fmt
+    from lalm_interp.apps.demo import _span_text
+    from lalm_interp.apps.report import fmt
 
     tr = summary["trace"]
     lines = [f"facts {summary['facts']}, known {summary['known']}, traced {tr['examples']}: "

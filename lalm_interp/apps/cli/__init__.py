@@ -13,7 +13,7 @@ import os
 import pkgutil
 import sys
 
-from ..errors import LalmInterpError
+from ...errors import LalmInterpError
 
 HELP: dict[str, tuple[str, str]] = {
     # command path: (one-line description, example)
@@ -116,7 +116,7 @@ def quiet_libraries() -> None:
 
 
 def _version() -> str:
-    from .. import __version__
+    from ..._version import __version__
 
     return f"lalm-interp {__version__}"
 

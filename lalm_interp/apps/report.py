@@ -10,13 +10,13 @@ from __future__ import annotations
 import base64
 import html
 import io
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+
+from ..atomic import write_bytes
 
 CSS = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
@@ -116,37 +116,10 @@ def render(title: str, sections: Sequence[Section], *, intro: str = "", found: s
     return "".join(parts)
 
 
-def _umask() -> int:
-    try:  # Linux >= 4.7 reports it without changing it
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    old = os.umask(0o022)
-    os.umask(old)
-    return old
-
-
-def shared_mode() -> int:
-    """The mode ``open()`` gives a new file: ``0o666 & ~umask`` (``0o644`` under the usual umask)."""
-    return 0o666 & ~_umask()
-
-
 def write_text(path: str | Path, text: str) -> Path:
-    """Write ``text`` atomically (temp file in the same folder + rename) with ordinary permissions
-    (``tempfile.mkstemp`` alone would leave ``0600``: a page nobody else can open)."""
+    """Write ``text`` atomically with ordinary permissions (:func:`lalm_interp.atomic.write_bytes`)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, shared_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_bytes(path, text.encode("utf-8"), durable=False)
     return path
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from ..cache import Store
-from ..cache.layout import ENV_VAR
+from ...cache import Store
+from ...cache.layout import ENV_VAR
 
 
 def register(subparsers: "argparse._SubParsersAction") -> None:

@@ -4,7 +4,9 @@ the temp name. Readers only ever look at final names, so they never see a half-w
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 import socket
 import uuid
 from contextlib import contextmanager
@@ -179,3 +181,10 @@ def pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def safe_name(key: str) -> str:
+    """A file name for an arbitrary id (an example or case id): the id's safe characters, cut to
+    80, plus 8 hex digits of its sha1 so that two ids never share a file."""
+    base = re.sub(r"[^A-Za-z0-9._-]+", "_", key)[:80]
+    return f"{base}-{hashlib.sha1(key.encode()).hexdigest()[:8]}"

@@ -67,8 +67,8 @@ def register(subparsers) -> None:  # noqa: ANN001
 
 
 def _build(args: argparse.Namespace) -> int:
-    from ..bench.builder import build
-    from ..bench.datasets import load_facts
+    from ...bench.builder import build
+    from ...bench.datasets import load_facts
 
     facts = load_facts(args.source, args.data, limit=args.limit)
     report = build(facts, args.out, renditions=args.rendition or args.renditions,
@@ -88,7 +88,7 @@ def _report(report, out) -> int:  # noqa: ANN001
 
 
 def _import(args: argparse.Namespace) -> int:
-    from ..bench.builder import import_recordings
+    from ...bench.builder import import_recordings
 
     report = import_recordings(args.manifest, args.out, words=args.words,
                                max_seconds=args.max_seconds, progress=not args.no_progress)
@@ -98,7 +98,7 @@ def _import(args: argparse.Namespace) -> int:
 def _show(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from ..bench.store import Benchmark
+    from ...bench.store import Benchmark
 
     bench = Benchmark.open(args.dir)
     m = bench.meta

@@ -78,7 +78,7 @@ class ReproduceConfig:
 
 
 def _stage_bench(cfg: ReproduceConfig, source: str):
-    from .bench import Benchmark, build, load_facts
+    from ..bench import Benchmark, build, load_facts
 
     facts = load_facts(source, cfg.data, limit=cfg.limit)
     forms = ("prompt", "subject") if source == "known1000" else ("prompt", "subject", "paraphrase", "neighbourhood")
@@ -91,7 +91,7 @@ def _stage_bench(cfg: ReproduceConfig, source: str):
 
 def _trace(cfg: ReproduceConfig, model, processor, adapter, bench, known: Sequence[str]):
     from .demo import figure2_experiment
-    from .tracing.run import prompts_from_bench, run_experiment
+    from ..tracing.run import prompts_from_bench, run_experiment
 
     window = min(cfg.window, adapter.n_layers("audio"), adapter.n_layers("text"))
     prompts = [replace(p, instruction=cfg.instruction)
@@ -107,7 +107,7 @@ def _editor(row: Row, preset: str) -> Any:
     """The editor of a plan row in ``preset``; overrides ``{"audio_stage_of": cross-modal name,
     "text_sites": [...]}`` build the cross-modal editor's own audio stage (its ``audio``
     hyper-parameters) alone."""
-    from .editors import make
+    from ..editors import make
 
     label, name, sites, *rest = row
     kw = dict(rest[0]) if rest else {}
@@ -128,10 +128,10 @@ def _edit_rows(cfg: ReproduceConfig, model, processor, adapter, bench, case_ids:
 
     from tqdm.auto import tqdm
 
-    from . import evaluation, executors
-    from .bench.corpus import corpus_id, protected_corpus
-    from .cache import Store
-    from .editors import EditContext, KeyCorpus
+    from .. import evaluation, executors
+    from ..bench.corpus import corpus_id, protected_corpus
+    from ..cache import Store
+    from ..editors import EditContext, KeyCorpus
 
     out = Path(cfg.out)
     cases = evaluation.cases_from_benchmark(bench, word=cfg.word, fact_ids=list(case_ids),
@@ -144,7 +144,7 @@ def _edit_rows(cfg: ReproduceConfig, model, processor, adapter, bench, case_ids:
         cid = corpus_id(utts)
     ctx = EditContext(model, processor, adapter, store=Store(out / "cache"),
                       corpus=KeyCorpus(cid, utts, instruction=cfg.instruction))
-    from .editors import presets
+    from ..editors import presets
 
     preset = cfg.preset or presets.default_preset(model, adapter)
     ex = executors.current()
@@ -203,7 +203,7 @@ def table2_plan(layers: Any) -> list[tuple[str, str, list[str], Row]]:
 
 
 def _layers(agg: xr.Dataset, stream: str, span: str, k: int, explicit: tuple[int, ...] | None) -> list[int]:
-    from .tracing.select import top_layers
+    from ..tracing.select import top_layers
 
     if explicit:
         return sorted(explicit)[:k] if k < len(explicit) else sorted(explicit)
@@ -211,12 +211,12 @@ def _layers(agg: xr.Dataset, stream: str, span: str, k: int, explicit: tuple[int
 
 
 def run(cfg: ReproduceConfig) -> dict[str, Any]:
-    from . import evaluation, load
-    from .bench.select import build_edit_set
+    from .. import evaluation, load
+    from ..bench.select import build_edit_set
     from .demo import known_facts, peak_layers
 
     if cfg.config not in CONFIGS:
-        from .specs import SpecError
+        from ..specs import SpecError
 
         raise SpecError(f"unknown configuration {cfg.config!r}; choose one of {list(CONFIGS)}.")
     out = Path(cfg.out)
@@ -226,7 +226,7 @@ def run(cfg: ReproduceConfig) -> dict[str, Any]:
     bench = _stage_bench(cfg, source)
     known, too_long = known_facts(model, processor, adapter, bench, cfg.instruction)
     if not known:
-        from .specs import SpecError
+        from ..specs import SpecError
 
         raise SpecError(
             f"{cfg.model} knows none of the {len(bench.facts)} {source} facts (top-1 first object token), so "

@@ -22,7 +22,7 @@ def flat(groups) -> tuple[int, ...] | None:
 
 
 def run(args) -> int:
-    from lalm_interp.reproduce import ReproduceConfig, run as run_reproduce
+    from lalm_interp.apps.reproduce import ReproduceConfig, run as run_reproduce
 
     cfg = ReproduceConfig(
         config=args.config, model=args.model, data=args.data, source=args.source, out=args.out, limit=args.limit,

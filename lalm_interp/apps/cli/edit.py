@@ -228,8 +228,8 @@ def auto_layers(args: Any, model: Any, processor: Any, adapter: Any, cases: list
     audio at the last subject word — the first with ``--word first`` — text at the last token)."""
     import dataclasses as dc
 
-    from lalm_interp.demo import figure2_experiment
-    from lalm_interp.demo_edits import SPANS
+    from lalm_interp.apps.demo import figure2_experiment
+    from lalm_interp.apps.demo_edits import SPANS
     from lalm_interp.tracing.run import run_experiment
     from lalm_interp.tracing.select import top_layers
 

@@ -1,0 +1,1 @@
+"""Applications: the command line, the demo, the paper's reproduction and the report page."""
