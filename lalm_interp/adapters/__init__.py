@@ -35,7 +35,6 @@ def get(name_or_model_type: str) -> AdapterSpec:
     for spec in specs.values():
         if name_or_model_type in spec.model_types:
             return spec
-    from ..sites import suggest
 
     names = list(dict.fromkeys(list(specs) + [t for s in specs.values() for t in s.model_types]))
     raise AdapterError(
@@ -69,6 +68,7 @@ from .audioflamingo3 import ADAPTER as AUDIOFLAMINGO3  # noqa: E402
 from .salmonn import ADAPTER as SALMONN  # noqa: E402
 from .voxtral import ADAPTER as VOXTRAL  # noqa: E402
 
+from ..sites import suggest
 register(VOXTRAL)
 register(AUDIOFLAMINGO3)
 register(SALMONN)

@@ -19,7 +19,7 @@ import torch
 
 from ..errors import AdapterError, SiteError
 from ..rates import RateChain
-from ..sites import LAYER_COMPONENTS, Site, parse
+from ..sites import expand, LAYER_COMPONENTS, one, parse, Site
 
 TUPLE0 = "tuple0"
 TENSOR = "tensor"
@@ -223,12 +223,10 @@ class Adapter:
             raise SiteError(f"site {s} is not a concrete site of {self.name}; expand patterns first.") from None
 
     def expand(self, pattern: Any) -> list[Site]:
-        from ..sites import expand
 
         return expand(pattern, self)
 
     def one(self, site: Any) -> Site:
-        from ..sites import one
 
         return one(site, self)
 

@@ -31,6 +31,7 @@ from ..errors import AdapterError
 from ..rates import RateChain, Stage
 from .base import BCT, SEQ, WINDOWS, AdapterSpec, Component, config_get
 from .blocks import decoder, encoder_layers, whisper_encoder, whisper_rate_chain
+from ..models.salmonn import speech_span
 
 W = "speech_encoder"
 BE = "beats"
@@ -65,7 +66,6 @@ def salmonn_prompt(processor: Any, instruction: str, style: str) -> str:
 
 def salmonn_slots(input_ids_row: torch.Tensor, config: Any) -> tuple[int, int]:
     """Audio positions between the ``<Speech>`` and ``</Speech>`` marker ids."""
-    from ..models.salmonn import speech_span
 
     try:
         return speech_span(input_ids_row, config.speech_open_ids, config.speech_close_ids)

@@ -19,13 +19,15 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ..errors import LalmInterpError
-from ..speech.aligners import Aligner, EventAligner, check_alignment
+from ..speech.aligners import Aligner, check_alignment, EventAligner, ManifestAligner
 from ..speech.tokens import subject_token_range, whitespace_tokens
 from ..speech.tts import SAMPLE_RATE, Rendition, TTSBackend, WordSpan, check_text, synthesize_many
-from .datasets import Fact
+from .datasets import Fact, template_relation_id
 from .errors import BenchmarkError
 from .store import (FORMAT_VERSION, FORMS, ClipStore, Item, Rejection, atomic_write_json,
                     atomic_write_jsonl, clip_key)
+from ..speech.espeak import DEFAULT_RENDITIONS, EspeakBackend
+from ..speech.recordings import RecordingsBackend, read_import_manifest
 
 
 @dataclass(frozen=True)
@@ -131,7 +133,6 @@ def plan(facts: Sequence[Fact], renditions: Sequence[Rendition], *, forms: Seque
 def resolve_renditions(renditions: int | Sequence[Rendition | str]) -> tuple[Rendition, ...]:
     """``3`` → the first three of :data:`~lalm_interp.speech.espeak.DEFAULT_RENDITIONS`; a list of
     renditions or rendition strings is taken as is."""
-    from ..speech.espeak import DEFAULT_RENDITIONS
 
     if isinstance(renditions, int):
         if not 1 <= renditions <= len(DEFAULT_RENDITIONS):
@@ -191,7 +192,6 @@ def build(
     from tqdm import tqdm
 
     if backend is None:
-        from ..speech.espeak import EspeakBackend
 
         backend = EspeakBackend()
     aligner = aligner or EventAligner()
@@ -350,9 +350,6 @@ def import_recordings(
     audio or word times are bad is rejected with its reason (``rejected.jsonl``), like in
     ``bench build``.
     """
-    from ..speech.aligners import ManifestAligner
-    from ..speech.recordings import RecordingsBackend, read_import_manifest
-    from .datasets import template_relation_id
 
     if isinstance(words, (str, Path)):
         aligner: Aligner | None = ManifestAligner.load(words)

@@ -20,6 +20,7 @@ from ..speech.tts import SAMPLE_RATE, Rendition, TTSBackend, synthesize_many
 from .datasets import Fact, load_facts
 from .errors import BenchmarkError
 from .store import ClipStore, _read_jsonl, atomic_write_jsonl, clip_key
+from ..speech.espeak import DEFAULT_RENDITIONS, EspeakBackend
 
 LIBRISPEECH_N = 5000
 """Utterances drawn from LibriSpeech for the protected corpus (the paper's 5,000)."""
@@ -132,7 +133,6 @@ def synthesise_corpus(out: str | Path, *, n: int = SYNTH_N, facts: Sequence[Fact
     rendition(s) (distinct (sentence, rendition) pairs) until ``n`` utterances exist. Clips are
     content-addressed and reused like a benchmark's; ``out/corpus.jsonl`` lists the utterances.
     Sentences that fail to synthesise are skipped."""
-    from ..speech.espeak import DEFAULT_RENDITIONS, EspeakBackend
 
     backend = backend or EspeakBackend()
     rends = tuple(renditions or DEFAULT_RENDITIONS)

@@ -29,6 +29,7 @@ import numpy as np
 from ..speech.tts import SAMPLE_RATE, Rendition, WordSpan
 from .datasets import Fact
 from .errors import BenchmarkError
+from ..atomic import write_bytes
 
 FORMAT_VERSION = 1
 FORMS = ("prompt", "subject", "relation", "paraphrase", "neighbourhood")
@@ -48,7 +49,6 @@ def atomic_write_bytes(path: Path, data: bytes, *, fsync: bool = True) -> None:
     see the old file or the new one, never a partial one (:func:`lalm_interp.atomic.write_bytes`).
     ``fsync`` also flushes the data to disk before the rename (survives power loss, ~10 ms per
     file); clips skip it — a lost clip is resynthesised by the next build."""
-    from ..atomic import write_bytes
 
     write_bytes(path, data, durable=fsync)
 

@@ -9,6 +9,7 @@ from typing import Any, Mapping
 
 from .._version import __version__
 from .errors import CacheError
+from ..loading import identity
 
 
 def _spec_text(spec: Any) -> str:
@@ -84,7 +85,6 @@ class Provenance:
         """Provenance of activations from ``model``: ``model``, ``revision`` and ``weights_hash`` from
         the identity :func:`lalm_interp.loading.load` attached to it (``loading.identity``), then
         ``fields`` (explicit values win; empty ones do not erase the identity)."""
-        from ..loading import identity
 
         base = identity(model).provenance()
         base.update({k: v for k, v in fields.items() if v not in (None, "")})

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Iterable
 
 from ..atomic import write_text_atomic
-from .batch import Batch
+from .batch import Batch, to_numpy
 from .errors import CacheError
 from .layout import check_name, manifest_path, run_dir
 from .provenance import Provenance
@@ -127,7 +127,6 @@ class ShardWriter:
         return won
 
     def _check_schema(self, ref: ShardInfo, batch: Batch) -> None:
-        from .batch import to_numpy
 
         for key, site in zip(batch.values, batch.sites()):
             if site not in ref.keys:

@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from .tiny import DEFAULT_CORPUS
+from .tokenizer import train_bpe
 
 SPEECH_HERE = "<SpeechHere>"
 SPEECH_OPEN = "<Speech>"
@@ -338,7 +339,6 @@ def tiny_salmonn(cfg: TinySalmonnConfig = TinySalmonnConfig(), texts: Iterable[s
     (not peft's zeros) so the LoRA path changes the output."""
     from transformers import Blip2QFormerConfig, LlamaConfig, WhisperConfig, WhisperFeatureExtractor
 
-    from .tokenizer import train_bpe
 
     corpus = list(texts) if texts is not None else [DEFAULT_CORPUS]
     tok = train_bpe(corpus + [PROMPT.format(instruction="Complete the sentence.")], vocab_size=cfg.vocab_size)

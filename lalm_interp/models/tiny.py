@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Iterable
 
 import torch
+from .tokenizer import train_bpe
 
 DEFAULT_CORPUS = (
     "Metropolitan France's capital is Paris. The Eiffel Tower is located in Paris. "
@@ -42,7 +43,6 @@ class TinyConfig:
 def tiny_processor(texts: Iterable[str] | None = None, window_s: int = 4, vocab_size: int = 400):
     from transformers import Qwen2AudioProcessor, WhisperFeatureExtractor
 
-    from .tokenizer import train_bpe
 
     tok = train_bpe(texts if texts is not None else [DEFAULT_CORPUS], vocab_size=vocab_size)
     fe = WhisperFeatureExtractor(

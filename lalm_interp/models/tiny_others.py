@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from .tiny import DEFAULT_CORPUS, text_config
+from .tokenizer import train_bpe
 
 VOXTRAL_TOKENS = ("[INST]", "[/INST]", "[BEGIN_AUDIO]", "[AUDIO]")
 AF3_CHAT_TEMPLATE = (
@@ -58,7 +59,6 @@ def _feature_extractor(window_s: int):
 
 
 def _tokenizer(texts: Iterable[str] | None, vocab_size: int, extra: Sequence[str]):
-    from .tokenizer import train_bpe
 
     tok = train_bpe(texts if texts is not None else [DEFAULT_CORPUS], vocab_size=vocab_size)
     tok.add_tokens(list(extra), special_tokens=True)

@@ -12,9 +12,11 @@ from typing import Any
 import torch
 
 from .. import adapters
-from ..bench import load_facts
+from ..bench import Benchmark, build, load_facts
 from ..known import first_token_scores
 from . import export as E
+from ..cache.layout import work_dir
+from ..loading import load, resolve
 from .evaluate import corruption_effect, evaluate_groups, relation_first_tokens
 from .facts import build_benchmark, choose_facts, select
 from .recipe import Recipe
@@ -88,7 +90,6 @@ def train_and_export(out: str | Path, recipe: Recipe = Recipe(), *, work: str | 
     }
     E.save(model, processor, out, manifest)
     # re-score the subset from the exported checkpoint so expectations match what load() gives
-    from ..loading import load
 
     loaded = load(out)
     exp = subset_expectations(loaded.model, loaded.processor, loaded.adapter, subset, work, recipe)
@@ -101,7 +102,6 @@ def train_and_export(out: str | Path, recipe: Recipe = Recipe(), *, work: str | 
 
 def subset_items(subset: list[dict[str, Any]], work: str | Path, recipe: Recipe):
     """Synthesise (or reuse) the clips of a manifest's evaluation subset → benchmark items, in order."""
-    from ..bench import Benchmark, build
 
     work = Path(work)
     facts = {f.fact_id: f for f in load_facts("counterfact")}
@@ -128,7 +128,6 @@ def subset_expectations(model, processor, adapter, subset, work, recipe: Recipe)
 def default_work() -> Path:
     """Where ``organism eval`` keeps its synthesised benchmark unless told otherwise:
     ``<cache root>/work/organism`` (cache root: ``$LALM_INTERP_CACHE`` or ``./cache``)."""
-    from ..cache.layout import work_dir
 
     return work_dir("organism")
 
@@ -137,7 +136,6 @@ def evaluate_checkpoint(model_ref: str = "organism", *, work: str | Path | None 
                         progress: bool = False) -> dict[str, Any]:
     """Metrics of a saved organism (``"organism"`` or a checkpoint folder), from its manifest's recipe.
     ``work``: folder for the synthesised benchmark, reused across calls (default :func:`default_work`)."""
-    from ..loading import load, resolve
 
     work = Path(work) if work is not None else default_work()
     path, _ = resolve(model_ref)

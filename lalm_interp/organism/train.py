@@ -25,6 +25,7 @@ from .. import adapters
 from . import data as D
 from .facts import Selection, build_benchmark, choose_facts, corpus, select
 from .recipe import Recipe
+from ..models.tiny import TinyConfig, tiny_config, tiny_processor
 
 
 def sinusoids(length: int, channels: int, max_timescale: float = 10000.0) -> torch.Tensor:
@@ -40,7 +41,6 @@ def make_model(recipe: Recipe, texts: Sequence[str]):
     init fixes (conv init, scaled sinusoidal positions)."""
     from transformers import Qwen2AudioForConditionalGeneration
 
-    from ..models.tiny import TinyConfig, tiny_config, tiny_processor
 
     processor = tiny_processor(texts, recipe.window_s, recipe.vocab_size)
     cfg = TinyConfig(audio_layers=recipe.audio_layers, text_layers=recipe.text_layers,

@@ -29,6 +29,7 @@ from .aligners import Aligner, ManifestAligner
 from .audio import load_audio
 from .errors import SpeechError
 from .tts import SAMPLE_RATE, Rendition, Utterance
+from .tokens import subject_token_range
 
 
 def _manifest_rows(manifest: Path, raw: bytes) -> list[dict[str, Any]]:
@@ -176,7 +177,6 @@ def read_import_manifest(manifest: str | Path, *, need_words: bool = True) -> li
     path leaves the manifest's folder, a subject that is not in the transcript, a repeated
     transcript, and (``need_words``) a row without inline ``words`` when no word-time file is
     given."""
-    from .tokens import subject_token_range
 
     manifest = Path(manifest)
     rows = _manifest_rows(manifest, _read(manifest))
