@@ -223,11 +223,9 @@ class Adapter:
             raise SiteError(f"site {s} is not a concrete site of {self.name}; expand patterns first.") from None
 
     def expand(self, pattern: Any) -> list[Site]:
-
         return expand(pattern, self)
 
     def one(self, site: Any) -> Site:
-
         return one(site, self)
 
     # ------------------------------------------------------------------ resolution

@@ -66,7 +66,6 @@ def salmonn_prompt(processor: Any, instruction: str, style: str) -> str:
 
 def salmonn_slots(input_ids_row: torch.Tensor, config: Any) -> tuple[int, int]:
     """Audio positions between the ``<Speech>`` and ``</Speech>`` marker ids."""
-
     try:
         return speech_span(input_ids_row, config.speech_open_ids, config.speech_close_ids)
     except ValueError as err:

@@ -127,7 +127,6 @@ class ShardWriter:
         return won
 
     def _check_schema(self, ref: ShardInfo, batch: Batch) -> None:
-
         for key, site in zip(batch.values, batch.sites()):
             if site not in ref.keys:
                 continue

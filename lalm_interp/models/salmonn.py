@@ -339,7 +339,6 @@ def tiny_salmonn(cfg: TinySalmonnConfig = TinySalmonnConfig(), texts: Iterable[s
     (not peft's zeros) so the LoRA path changes the output."""
     from transformers import Blip2QFormerConfig, LlamaConfig, WhisperConfig, WhisperFeatureExtractor
 
-
     corpus = list(texts) if texts is not None else [DEFAULT_CORPUS]
     tok = train_bpe(corpus + [PROMPT.format(instruction="Complete the sentence.")], vocab_size=cfg.vocab_size)
     fe = WhisperFeatureExtractor(feature_size=128, sampling_rate=16000, hop_length=160, n_fft=400,

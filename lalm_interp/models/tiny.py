@@ -43,7 +43,6 @@ class TinyConfig:
 def tiny_processor(texts: Iterable[str] | None = None, window_s: int = 4, vocab_size: int = 400):
     from transformers import Qwen2AudioProcessor, WhisperFeatureExtractor
 
-
     tok = train_bpe(texts if texts is not None else [DEFAULT_CORPUS], vocab_size=vocab_size)
     fe = WhisperFeatureExtractor(
         feature_size=128, sampling_rate=16000, hop_length=160, n_fft=400, chunk_length=window_s

@@ -59,7 +59,6 @@ def _feature_extractor(window_s: int):
 
 
 def _tokenizer(texts: Iterable[str] | None, vocab_size: int, extra: Sequence[str]):
-
     tok = train_bpe(texts if texts is not None else [DEFAULT_CORPUS], vocab_size=vocab_size)
     tok.add_tokens(list(extra), special_tokens=True)
     return tok

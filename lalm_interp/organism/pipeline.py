@@ -102,7 +102,6 @@ def train_and_export(out: str | Path, recipe: Recipe = Recipe(), *, work: str | 
 
 def subset_items(subset: list[dict[str, Any]], work: str | Path, recipe: Recipe):
     """Synthesise (or reuse) the clips of a manifest's evaluation subset → benchmark items, in order."""
-
     work = Path(work)
     facts = {f.fact_id: f for f in load_facts("counterfact")}
     by_r: dict[str, list[str]] = {}

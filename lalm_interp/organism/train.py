@@ -41,7 +41,6 @@ def make_model(recipe: Recipe, texts: Sequence[str]):
     init fixes (conv init, scaled sinusoidal positions)."""
     from transformers import Qwen2AudioForConditionalGeneration
 
-
     processor = tiny_processor(texts, recipe.window_s, recipe.vocab_size)
     cfg = TinyConfig(audio_layers=recipe.audio_layers, text_layers=recipe.text_layers,
                      d_audio=recipe.d_audio, d_text=recipe.d_text, heads=recipe.heads,

@@ -23,7 +23,8 @@ import numpy as np
 
 from .errors import AlignerUnavailable, AlignmentError
 from .tokens import whitespace_tokens
-from .tts import SAMPLE_RATE, WordSpan
+from .audio import require_rates
+from .tts import SAMPLE_RATE, WordSpan, resample
 
 TimedWord = tuple[str, float, float]
 
@@ -349,8 +350,6 @@ class WhisperXAligner:
     def align(self, text: str, audio: np.ndarray, *, key: str,
               events: Sequence[WordSpan] | None = None,
               sample_rate: int | None = None) -> tuple[WordSpan, ...]:
-        from .audio import require_rates
-        from .tts import resample
 
         require_rates(sample_rate, 1, arg="sample_rate", where=f"WhisperXAligner.align({key!r}): ")
         if int(sample_rate) != SAMPLE_RATE:  # type: ignore[arg-type]
