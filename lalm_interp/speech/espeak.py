@@ -38,9 +38,15 @@ from .tokens import events_to_spans, whitespace_tokens
 from .trim import DEFAULT_FLOOR_DB, trim_word_spans
 from .tts import SAMPLE_RATE, Rendition, Utterance, WordSpan, check_text, resample
 
-SCHEME_VERSION = 2
+SCHEME_VERSION = 3
 """Bump when post-processing changes; part of :attr:`EspeakBackend.version` (content hashes).
-2: phoneme-derived starts for words without their own WORD event; word spans trimmed to speech."""
+2: phoneme-derived starts for words without their own WORD event; word spans trimmed to speech.
+3: espeak-ng's own random generator (the breath noise of variants such as ``f2`` and ``f5``) is
+seeded with :data:`RAND_SEED` in every child; espeak-ng seeds it with ``time(NULL)``, so those
+voices differed between runs (docs/gotchas/tts-determinism.md)."""
+
+RAND_SEED = 0
+"""The seed of espeak-ng's random generator (``espeak_ng_SetRandSeed``) for every utterance."""
 
 DEFAULT_RENDITIONS: tuple[Rendition, ...] = (
     Rendition("en-us"),
@@ -148,6 +154,11 @@ class EspeakBackend:
         lib.espeak_SetSynthCallback.argtypes = [_CALLBACK]
         lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
         lib.espeak_SetVoiceByName.restype = ctypes.c_int
+        # espeak_ng_Initialize seeds the generator with time(NULL); we reseed it (bit-exact breath noise)
+        self._set_seed = getattr(lib, "espeak_ng_SetRandSeed", None)
+        if self._set_seed is not None:
+            self._set_seed.argtypes = [ctypes.c_long]
+            self._set_seed.restype = None
         lib.espeak_SetParameter.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
         lib.espeak_SetParameter.restype = ctypes.c_int
         lib.espeak_Synth.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int,
@@ -169,9 +180,12 @@ class EspeakBackend:
     # -- identity ---------------------------------------------------------------------------
     @property
     def version(self) -> str:
-        """``"espeak-ng <lib version> / lalm-espeak <scheme>"``; enters content hashes."""
+        """``"espeak-ng <lib version> / lalm-espeak <scheme>"``; enters content hashes. A library
+        without ``espeak_ng_SetRandSeed`` is marked `` unseeded``: its breath-noise voices (f2, f5, ...)
+        differ between runs, and its clips never mix with seeded ones."""
         trim = "" if self.word_floor_db == DEFAULT_FLOOR_DB else f" words>{self.word_floor_db}dB"
-        return f"espeak-ng {self._lib_version} / lalm-espeak {SCHEME_VERSION}{trim}"
+        seeded = "" if self._set_seed is not None else " unseeded"
+        return f"espeak-ng {self._lib_version} / lalm-espeak {SCHEME_VERSION}{trim}{seeded}"
 
     def __repr__(self) -> str:
         return f"EspeakBackend({self.library!r}, version={self.version!r})"
@@ -185,6 +199,8 @@ class EspeakBackend:
             raise SpeechError(f"espeak_Initialize failed (returned {rate}) with data path "
                               f"{self.data_path!r}.\n  expected: a readable espeak-ng-data folder"
                               "\n  fix: reinstall espeakng-loader or pass data_path=")
+        if self._set_seed is not None:  # a library without it is marked in `version` (" unseeded")
+            self._set_seed(RAND_SEED)
         return rate
 
     def _raw(self, text: str, rendition: Rendition) -> dict:

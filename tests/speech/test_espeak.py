@@ -1,5 +1,7 @@
 """espeak-ng through ctypes: real audio, no mocks."""
 
+import time
+
 import numpy as np
 import pytest
 
@@ -142,3 +144,29 @@ def test_forked_output_is_reproducible_across_processes_and_in_process_drifts():
     assert f1 == f2 == g1 == g2  # forked: bit-exact within and across processes
     assert i1 == f1  # the first synthesis in a fresh process equals the forked one
     assert i2 != i1  # the second in-process synthesis drifts (docs/gotchas/tts-determinism.md)
+
+
+@pytest.mark.parametrize("rendition", ["en-us+f2:r165:p60", "en-us+f5:r180:p50"])
+def test_breath_noise_voices_are_bit_exact_across_runs(rendition):
+    """Variants with breath noise (f2 is a training voice of the organism and one of the protected
+    corpus's eight) draw from espeak-ng's own random generator, which espeak-ng seeds with
+    time(NULL): before the seed was fixed every run, and every second, gave other audio (75 of a
+    600-clip protected corpus differed between two runs; ROME/AlphaEdit statistics with it)."""
+    import subprocess
+    import sys
+
+    script = (
+        "import hashlib\n"
+        "from lalm_interp.speech import Rendition\n"
+        "from lalm_interp.speech.espeak import EspeakBackend\n"
+        f"b = EspeakBackend(); r = Rendition.parse({rendition!r})\n"
+        "h = lambda u: hashlib.sha256(u.audio.tobytes()).hexdigest()[:16]\n"
+        "print(h(b.synthesize('The twin city of Beirut is', r)), h(b.synthesize('The twin city of Beirut is', r)))\n"
+    )
+    runs = []
+    for _ in range(2):
+        runs.append(subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                                   check=True).stdout.split())
+        time.sleep(1.1)  # espeak-ng's own seed is time(NULL), in seconds
+    (a1, a2), (b1, b2) = runs
+    assert a1 == a2 == b1 == b2
