@@ -102,6 +102,7 @@ def build_random(config, device: str, dtype) -> Any:
 def correctness(device: str, out_dir: Path) -> dict[str, Any]:
     import lalm_interp
     from lalm_interp.executors import LocalExecutor
+    from lalm_interp.interventions.results import families
     from lalm_interp.specs import Corrupt, Experiment, Restore
     from lalm_interp.tracing import trace_example
     from lalm_interp.tracing.causal import Prepared
@@ -116,8 +117,9 @@ def correctness(device: str, out_dir: Path) -> dict[str, Any]:
     gpu = tuple(lalm_interp.load("organism", device=device))
     ex = prompt(0)
     a, b = trace_example(*cpu, ex, exp), trace_example(*gpu, ex, exp)
-    res["max_abs_diff_cpu_vs_gpu"] = {v: float(np.nanmax(np.abs(np.asarray(a[v]) - np.asarray(b[v]))))
-                                      for v in a.data_vars}
+    diffs = {v: float(abs(float(a[v]) - float(b[v]))) for v in a.ds.data_vars}
+    diffs.update({f"ie:{f}": float(np.nanmax(np.abs(a[f].ie.values - b[f].ie.values))) for f in families(a)})
+    res["max_abs_diff_cpu_vs_gpu"] = diffs  # keys "ie:<family>" as in earlier results/*.json
     res["p_clean_gpu"], res["p_corrupt_gpu"] = float(b["p_clean"]), float(b["p_corrupt"])
     prep = Prepared(*gpu, ex, exp)
     rows = prep.rows(Restore("audio.layers.*.resid", window=3, positions="each"))[::7]

@@ -1,5 +1,8 @@
-"""The prepared-prompt type every engine takes: :class:`SpokenPrompt`, one spoken example (audio at a
-stated rate, word timings, the subject's word range, the object to score and the instruction)."""
+"""What every engine takes: :class:`SpokenPrompt`, one spoken example (audio at a stated rate, word
+timings, the subject's word range, the object to score and the instruction), and
+:class:`PreparedPrompt`, the one prepared-prompt type — that example turned into model inputs for one
+object (tracing's :class:`~lalm_interp.interventions.engine.TracePrompt` and the editors'
+:func:`lalm_interp.editors.keys.prepare_prompt` both start from it)."""
 
 from __future__ import annotations
 
@@ -10,9 +13,11 @@ import numpy as np
 import torch
 
 from .errors import AudioInputError, SpanError
-from .inputs import DEFAULT_INSTRUCTION, RATE_HINT, TOOLKIT_RATE, check_words, require_rates
+from .inputs import (DEFAULT_INSTRUCTION, RATE_HINT, TOOLKIT_RATE, PromptBatch, build_inputs, check_words, place,
+                     require_rates)
+from .scoring import object_prefix, object_token_ids, teacher_forced_inputs
 from .speech.audio import _rate, check_samples, resample
-from .spans import Word
+from .spans import PositionMap, Word, as_words, position_map
 
 
 _WORD_TOL_S = 0.02
@@ -96,3 +101,39 @@ class SpokenPrompt:
                 f"SpokenPrompt(...) directly and {RATE_HINT}.")
         return cls(item.item_id, item.audio, words, tuple(item.subject_word_range),
                    target or item.target_true, instruction, sample_rate=rate)
+
+
+@dataclass
+class PreparedPrompt:
+    """One spoken prompt made ready for one object.
+
+    batch: the prompt's model inputs (:func:`~lalm_interp.inputs.build_inputs`, one example).
+    pm: its position map (word spans at every stage). token_ids: the object's token ids.
+    inputs: prompt + object teacher-forced (logits at ``L - 1 + k`` predict ``token_ids[k]``).
+    L: the prompt length."""
+
+    batch: PromptBatch
+    pm: PositionMap
+    token_ids: list[int]
+    inputs: dict[str, torch.Tensor]
+    L: int
+
+    @classmethod
+    def make(cls, processor: Any, adapter: Any, prompt: SpokenPrompt, target: str, *,
+             model: "torch.nn.Module | None" = None) -> "PreparedPrompt":
+        """Prepare ``prompt`` for the object ``target``; with ``model``, the batch is placed on its
+        device and dtype first (:func:`~lalm_interp.inputs.place`)."""
+        batch = build_inputs(processor, adapter, [prompt.audio], sample_rate=prompt.sample_rate,
+                             instruction=prompt.instruction, names=[prompt.id])
+        if model is not None:
+            batch = place(batch, model)
+        pm = position_map(adapter, batch, 0, as_words(prompt.words), prompt.subject)
+        tok = processor.tokenizer
+        ids = object_token_ids(tok, target, object_prefix(adapter, batch))
+        inputs, L = teacher_forced_inputs(batch, [ids], tok.pad_token_id or 0)
+        return cls(batch, pm, ids, inputs, L)
+
+    @property
+    def new_ids(self) -> list[int]:
+        """The object's token ids under the editors' name (the object is ``target_new`` there)."""
+        return self.token_ids

@@ -19,8 +19,9 @@ from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Union
 
-from .errors import LalmInterpError
-from .sites import Site, parse
+from .errors import LalmInterpError, SiteError
+from .sites import Site, parse, suggest
+from .spans import NAMED_SPANS
 
 SpanSpec = Union[str, tuple[int, int]]
 
@@ -67,6 +68,10 @@ class Corrupt:
             raise SpecError(f"Corrupt.scale={self.scale} is negative; expected a multiplier >= 0.")
         _check_spans((self.span,), f"Corrupt({self.at!r}).span")  # a typo fails here, not per prompt
 
+    def validate(self, adapter: Any, exp: "Experiment | None" = None) -> None:
+        """The site is one concrete site of ``adapter``."""
+        _concrete(self.at, adapter, "Corrupt.at")
+
 
 @dataclass(frozen=True)
 class Restore:
@@ -108,6 +113,27 @@ class Restore:
     def site(self) -> Site:
         return parse(self.at)
 
+    def validate(self, adapter: Any, exp: "Experiment") -> None:
+        """Every centre's window starts after ``exp``'s corruption; span names fit the stream."""
+        corrupt_site = _concrete(exp.corrupt.at, adapter, "Corrupt.at")
+        c_rank = adapter.forward_rank(corrupt_site)
+        sites = _expand(self.at, adapter, "Restore.at")
+        n = adapter.n_layers(self.site.stream)
+        if self.window > n:
+            _note_clipped(self, n, adapter.name)
+        for s in sites:
+            lo = window_layers(s.layer, self.window, n)[0]
+            first = s.with_layer(lo)
+            if adapter.forward_rank(first) <= c_rank:
+                raise SpecError(
+                    f"Restore site {first} runs before the corruption at {corrupt_site}; a restoration "
+                    "must come after the corrupted site in the forward pass."
+                )
+        if isinstance(self.positions, tuple) and self.site.stream != "text" and "last_token" in self.positions:
+            raise SpecError(
+                f"Restore({self.at!r}) asks for 'last_token', a text position, on the {self.site.stream} stream."
+            )
+
     @property
     def label(self) -> str:
         s = self.site
@@ -142,6 +168,13 @@ class Patch:
         else:
             _check_spans(self.positions, f"Patch({self.at!r}).positions")
 
+    def validate(self, adapter: Any, exp: "Experiment") -> None:
+        """A concrete site; one patched into the corrupted run comes after the corruption."""
+        corrupt_site = _concrete(exp.corrupt.at, adapter, "Corrupt.at")
+        s = _concrete(self.at, adapter, "Patch.at")
+        if adapter.forward_rank(s) <= adapter.forward_rank(corrupt_site) and self.target == "corrupt":
+            raise SpecError(f"Patch site {s} runs before the corruption at {corrupt_site}.")
+
 
 @dataclass(frozen=True)
 class Read:
@@ -158,8 +191,30 @@ class Read:
         if bad or not self.runs:
             raise SpecError(f"Read.runs={self.runs!r}; expected a non-empty tuple of 'clean' / 'corrupt'.")
 
+    def validate(self, adapter: Any, exp: "Experiment | None" = None) -> None:
+        """The pattern matches sites of ``adapter``."""
+        _expand(self.at, adapter, "Read.at")
 
-_KINDS = {"Corrupt": Corrupt, "Restore": Restore, "Patch": Patch, "Read": Read}
+
+SPEC_TYPES: dict[str, type] = {"Corrupt": Corrupt, "Restore": Restore, "Patch": Patch, "Read": Read}
+"""Spec kinds by their JSON ``"type"`` name: the four built in, plus every kind registered with
+:func:`register_spec` (:func:`lalm_interp.interventions.register_kind` does it)."""
+
+
+def register_spec(cls: type) -> type:
+    """Make the frozen dataclass ``cls`` readable from JSON under its class name (``{"type":
+    cls.__name__, ...}``), e.g. in :attr:`Experiment.interventions`. Registering a class again, or
+    a new definition of it (same module and name: a re-run notebook cell), replaces it; another
+    class under a taken name is a :class:`SpecError`."""
+    if not hasattr(cls, "__dataclass_fields__"):
+        raise SpecError(f"register_spec({cls!r}): a spec kind is a frozen dataclass; decorate it with "
+                        "@dataclass(frozen=True) first.")
+    have = SPEC_TYPES.get(cls.__name__)
+    if have is not None and (have.__module__, have.__qualname__) != (cls.__module__, cls.__qualname__):
+        raise SpecError(f"a spec kind named {cls.__name__!r} is already registered ({have.__module__}."
+                        f"{have.__qualname__}); give the new kind another class name.")
+    SPEC_TYPES[cls.__name__] = cls
+    return cls
 
 
 @dataclass(frozen=True)
@@ -170,6 +225,8 @@ class Experiment:
     corrupt: the corruption applied to every run but ``clean``.
     restores: restoration families (each yields one IE grid).
     patches / reads: optional extra runs / recordings.
+    interventions: further interventions of registered kinds
+        (:func:`lalm_interp.interventions.register_kind`), each adding its own runs and results.
     metric: ``first`` — P(first object token) as ROME; ``total`` — teacher-forced P(object).
     reuse_encoder: for text-side restorations, run the audio encoder once (clean + corrupt) and feed
         its merged embeddings to every restoration row (exactly equal, much cheaper).
@@ -184,46 +241,36 @@ class Experiment:
     metric: str = "first"
     reuse_encoder: bool = True
     memory_mb: int = 2048
+    interventions: tuple[Any, ...] = field(default=(), metadata={"omit_empty": True})
 
     def __post_init__(self) -> None:
         if self.metric not in METRICS:
             raise SpecError(f"Experiment.metric={self.metric!r}; expected one of {list(METRICS)}.")
-        for attr in ("restores", "patches", "reads"):
+        for attr in ("restores", "patches", "reads", "interventions"):
             v = getattr(self, attr)
             if not isinstance(v, tuple):
                 object.__setattr__(self, attr, tuple(v))
+        for x in self.interventions:
+            if SPEC_TYPES.get(type(x).__name__) is not type(x):
+                raise SpecError(f"Experiment.interventions holds a {type(x).__name__}, which is not a registered "
+                                "intervention kind; register its class with lalm_interp.interventions.register_kind "
+                                "(docs/usage/interventions.md#your-own-kinds).")
         labels = [r.label for r in self.restores]
         if len(set(labels)) != len(labels):
             raise SpecError(f"restoration families need distinct names; got {labels}. Set Restore.name.")
 
     # ------------------------------------------------------------------ validation
+    @property
+    def specs(self) -> tuple[Any, ...]:
+        """Every intervention of the experiment in order: the corruption, restorations, patches,
+        reads, then :attr:`interventions`."""
+        return (self.corrupt, *self.restores, *self.patches, *self.reads, *self.interventions)
+
     def validate(self, adapter: Any) -> None:
-        """Check every site and window against ``adapter`` before any compute."""
-        corrupt_site = _concrete(self.corrupt.at, adapter, "Corrupt.at")
-        c_rank = adapter.forward_rank(corrupt_site)
-        for r in self.restores:
-            sites = _expand(r.at, adapter, "Restore.at")
-            n = adapter.n_layers(r.site.stream)
-            if r.window > n:
-                _note_clipped(r, n, adapter.name)
-            for s in sites:
-                lo = window_layers(s.layer, r.window, n)[0]
-                first = s.with_layer(lo)
-                if adapter.forward_rank(first) <= c_rank:
-                    raise SpecError(
-                        f"Restore site {first} runs before the corruption at {corrupt_site}; a restoration "
-                        "must come after the corrupted site in the forward pass."
-                    )
-            if isinstance(r.positions, tuple) and r.site.stream != "text" and "last_token" in r.positions:
-                raise SpecError(
-                    f"Restore({r.at!r}) asks for 'last_token', a text position, on the {r.site.stream} stream."
-                )
-        for p in self.patches:
-            s = _concrete(p.at, adapter, "Patch.at")
-            if adapter.forward_rank(s) <= c_rank and p.target == "corrupt":
-                raise SpecError(f"Patch site {s} runs before the corruption at {corrupt_site}.")
-        for rd in self.reads:
-            _expand(rd.at, adapter, "Read.at")
+        """Check every site and window against ``adapter`` before any compute (each spec's own
+        ``validate(adapter, experiment)``, in the order of :attr:`specs`)."""
+        for spec in self.specs:
+            spec.validate(adapter, self)
 
     def windows(self, n_layers: dict[str, int]) -> dict[str, dict[str, int]]:
         """The window each restoration family actually uses on a model with ``n_layers`` per stream:
@@ -257,10 +304,12 @@ class Experiment:
                             "experiment, as written by Experiment.to_json()).")
         if "corrupt" in d:
             d["corrupt"] = _from_dict(d["corrupt"], f"{source}: corrupt", expect="Corrupt")
-        for k, kind_of in (("restores", "Restore"), ("patches", "Patch"), ("reads", "Read")):
+        for k, kind_of in (("restores", "Restore"), ("patches", "Patch"), ("reads", "Read"),
+                           ("interventions", None)):
             v = d.get(k, ())
             if not isinstance(v, (list, tuple)):
-                raise SpecError(f"{source}: {k} is {type(v).__name__}; expected a list of {kind_of} objects.")
+                what = f"{kind_of} objects" if kind_of else "intervention objects"
+                raise SpecError(f"{source}: {k} is {type(v).__name__}; expected a list of {what}.")
             d[k] = tuple(_from_dict(x, f"{source}: {k}[{i}]", expect=kind_of) for i, x in enumerate(v))
         return _construct(cls, d, source)
 
@@ -304,15 +353,11 @@ def _construct(cls: type, d: dict[str, Any], where: str) -> Any:
 
 
 def _check_spans(spans: tuple, what: str) -> None:
-    from .spans import NAMED_SPANS
-
     if not spans:
         raise SpecError(f"{what} is empty; give at least one named span, 'each' or 'all'.")
     for sp in spans:
         if isinstance(sp, str):
             if sp not in NAMED_SPANS:
-                from .sites import suggest
-
                 raise SpecError(f"{what}: unknown span {sp!r}; named spans are {list(NAMED_SPANS)} "
                                 f"or an inclusive word range (i, j).{suggest(sp, NAMED_SPANS)}")
         elif not (isinstance(sp, tuple) and len(sp) == 2 and all(isinstance(v, int) for v in sp) and 0 <= sp[0] <= sp[1]):
@@ -327,8 +372,6 @@ def window_layers(centre: int, window: int, n: int) -> list[int]:
 
 
 def _concrete(site: str, adapter: Any, what: str) -> Site:
-    from .errors import SiteError
-
     try:
         return adapter.one(site)
     except SiteError as err:
@@ -336,8 +379,6 @@ def _concrete(site: str, adapter: Any, what: str) -> Site:
 
 
 def _expand(site: str, adapter: Any, what: str) -> list[Site]:
-    from .errors import SiteError
-
     try:
         return adapter.expand(site)
     except SiteError as err:
@@ -348,7 +389,10 @@ def _to_dict(obj: Any) -> Any:
     if hasattr(obj, "__dataclass_fields__"):
         d = {"type": type(obj).__name__}
         for f in fields(obj):
-            d[f.name] = _to_dict(getattr(obj, f.name))
+            v = getattr(obj, f.name)
+            if f.metadata.get("omit_empty") and not v:
+                continue  # e.g. Experiment.interventions: absent from the JSON of plain experiments
+            d[f.name] = _to_dict(v)
         return d
     if isinstance(obj, tuple):
         return [_to_dict(x) for x in obj]
@@ -368,18 +412,19 @@ def _from_dict(d: Any, where: str = "spec", expect: str | None = None) -> Any:
     d = dict(d)
     kind = d.pop("type", expect)
     if kind is None:
-        raise SpecError(f"{where}: no \"type\" field; add one of {list(_KINDS)}.")
-    if kind not in _KINDS:
+        raise SpecError(f"{where}: no \"type\" field; add one of {list(SPEC_TYPES)}.")
+    if kind not in SPEC_TYPES:
         import difflib
 
-        hint = difflib.get_close_matches(str(kind), list(_KINDS), n=1)
+        hint = difflib.get_close_matches(str(kind), list(SPEC_TYPES), n=1)
         raise SpecError(f"{where}: unknown spec kind {kind!r}"
                         + (f" (did you mean {hint[0]!r}?)" if hint else "")
-                        + f"; expected one of {list(_KINDS)}.")
+                        + f"; expected one of {list(SPEC_TYPES)} (a kind of your own is known once the "
+                        "module that registers it with register_kind is imported; import it first).")
     if expect is not None and kind != expect:
         raise SpecError(f"{where}: a {kind} where a {expect} belongs; move it to the right list "
                         "(corrupt: Corrupt, restores: Restore, patches: Patch, reads: Read).")
-    return _construct(_KINDS[kind], {k: _tuplify(v) for k, v in d.items()}, where)
+    return _construct(SPEC_TYPES[kind], {k: _tuplify(v) for k, v in d.items()}, where)
 
 
 SPEC_SUFFIXES = (".py", ".json")
@@ -482,7 +527,7 @@ def _note_clipped(r: "Restore", n: int, model: str) -> None:
         f"∩ [0, {n}) around each centre l; at most {n} layers). The window used is recorded in the "
         "results (window_used).",
         WindowClipped,
-        stacklevel=3,
+        stacklevel=4,
     )
 
 
@@ -491,4 +536,4 @@ class WindowClipped(UserWarning):
 
 
 __all__ = ["Corrupt", "Restore", "Patch", "Read", "Experiment", "SpecError", "WindowClipped", "window_layers",
-           "experiment_from_file"]
+           "experiment_from_file", "SPEC_TYPES", "register_spec"]

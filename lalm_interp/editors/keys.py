@@ -1,6 +1,9 @@
-"""Keys and values for editors, collected with plain torch forward hooks on the adapter's modules.
+"""Keys and values for editors, read and changed with the intervention engine's site-addressed
+primitives (:mod:`lalm_interp.interventions.primitives`) inside nnsight traces.
 
-* :func:`prepare` turns an :class:`EditRequest` into model inputs, a position map and object ids.
+* :func:`prepare` turns an :class:`EditRequest` into a
+  :class:`~lalm_interp.prompts.PreparedPrompt`: model inputs, a position map and
+  object ids.
 * :func:`capture` reads module inputs (``site@in``: the key) or outputs in one forward pass.
 * :func:`pooled` mean-pools a site over a request's subject-word span (audio: encoder frames of
   the word; text: the LLM audio-token positions of the word — the subject is spoken, so its
@@ -8,9 +11,10 @@
   (one key per encoder frame for ``keys="frames"``).
 * :func:`key_stats` gives the second moment of keys at a site over a :class:`KeyCorpus`, from the
   activation cache (computed and cached on first use).
-* :func:`optimise_delta` finds the value change δ (v* = v + δ) that maximises log P(target_new).
+* :func:`optimise_delta` finds the value change δ (v* = v + δ) that maximises log P(target_new),
+  through :func:`logits_with_delta` (one traced forward with δ added; gradients reach δ).
 
-Hooks are always removed (``try/finally``) and parameters' ``requires_grad`` flags restored.
+Parameters' ``requires_grad`` flags are always restored (:func:`frozen`).
 """
 
 from __future__ import annotations
@@ -23,36 +27,26 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 
-from ..inputs import PromptBatch, build_inputs, model_placement, place, window_samples
-from ..scoring import logprobs_from_logits, object_prefix, object_token_ids, teacher_forced_inputs
+from ..cache import SecondMoment
+from ..inputs import build_inputs, model_placement, place, window_samples
+from ..prompts import PreparedPrompt
+from ..interventions.primitives import add, in_forward_order, read
+from ..scoring import logprobs_from_logits
 from ..sites import Site, parse
-from ..spans import SEQ, PositionMap, as_words, position_map
-from .base import EditContext, EditorError, EditRequest
+from ..spans import SEQ
+from ..wrap import wrap
+from .base import EditContext, EditorError, EditorWarning, EditRequest, weights_fingerprint
+from .losses import kl_term, weight_decay_term
 
 
 # ---------------------------------------------------------------------------- prepared prompts
-@dataclass
-class Prepared:
-    """One spoken prompt made ready: inputs, position map, object ids, teacher-forced inputs for
-    target_new (``inputs``; logits at ``L - 1 + k`` predict token k)."""
-
-    batch: PromptBatch
-    pm: PositionMap
-    new_ids: list[int]
-    inputs: dict[str, torch.Tensor]
-    L: int
+def prepare_prompt(ctx: EditContext, prompt: Any, target: str) -> PreparedPrompt:
+    """``prompt`` with ``target`` teacher-forced, its inputs on the context's model
+    (:class:`~lalm_interp.prompts.PreparedPrompt`; ``.new_ids`` are ``target``'s tokens)."""
+    return PreparedPrompt.make(ctx.processor, ctx.adapter, prompt, target, model=ctx.model)
 
 
-def prepare_prompt(ctx: EditContext, prompt: Any, target: str) -> Prepared:
-    batch = place(build_inputs(ctx.processor, ctx.adapter, [prompt.audio], instruction=prompt.instruction,
-                               names=[prompt.id], sample_rate=prompt.sample_rate), ctx.model)
-    pm = position_map(ctx.adapter, batch, 0, as_words(prompt.words), prompt.subject)
-    ids = object_token_ids(ctx.tokenizer, target, object_prefix(ctx.adapter, batch))
-    inputs, L = teacher_forced_inputs(batch, [ids], ctx.tokenizer.pad_token_id or 0)
-    return Prepared(batch, pm, ids, inputs, L)
-
-
-def prepare(ctx: EditContext, req: EditRequest) -> Prepared:
+def prepare(ctx: EditContext, req: EditRequest) -> PreparedPrompt:
     """The edit prompt of ``req`` with target_new teacher-forced."""
     return prepare_prompt(ctx, req.prompt, req.target_new)
 
@@ -75,7 +69,7 @@ def key_span_name(req: EditRequest, site: Site, mode: str) -> str:
     return req.span_name
 
 
-def span(ctx: EditContext, prep: Prepared, site: Site, name: str) -> tuple[int, int]:
+def span(ctx: EditContext, prep: PreparedPrompt, site: Site, name: str) -> tuple[int, int]:
     """Half-open positions of span ``name`` on the time axis of ``site`` (encoder frames or LLM seq)."""
     stage = ctx.adapter.stage(site)
     a, b = prep.pm.span(name, stage)
@@ -100,47 +94,41 @@ def frozen(model: torch.nn.Module, trainable: Sequence[torch.nn.Parameter] = ())
             p.requires_grad_(f)
 
 
-@contextmanager
-def hooked(handles: list) -> Iterator[list]:
-    try:
-        yield handles
-    finally:
-        for h in handles:
-            h.remove()
+def wrapped(ctx: EditContext) -> Any:
+    """The ``nnsight.NNsight`` around ``ctx.model``, made once per context (or the handle's,
+    ``ctx.lm.wrapped``): making one walks the whole module tree (~20 ms on the organism), and the
+    value optimisation traces dozens of forwards."""
+    lm = getattr(ctx, "lm", None)
+    if lm is not None and getattr(lm, "model", None) is ctx.model and hasattr(lm, "wrapped"):
+        return lm.wrapped
+    have = ctx.memo.get(_WRAPPED)
+    if have is None or have[0] is not ctx.model:
+        have = ctx.memo[_WRAPPED] = (ctx.model, wrap(ctx.model))
+    return have[1]
 
 
-def _out_tensor(output: Any) -> torch.Tensor:
-    return output[0] if isinstance(output, tuple) else output
+_WRAPPED = "nnsight:wrapped"
+"""``ctx.memo`` key of (model, its nnsight wrapper)."""
 
 
 def capture(ctx: EditContext, sites: Sequence[Site], inputs: dict[str, torch.Tensor], *,
             grad: bool = False) -> dict[Site, torch.Tensor]:
     """One forward; the value at each site in (batch, time, channels) layout (detached unless ``grad``)."""
     adapter, model = ctx.adapter, ctx.model
+    w = wrapped(ctx)
     got: dict[Site, torch.Tensor] = {}
-    handles = []
-
-    def keep(site: Site, x: torch.Tensor) -> None:
-        x = adapter.to_btc(site, x)
-        got[site] = x if grad else x.detach()
-
-    for s in sites:
-        mod = adapter.module(model, s)
-        if s.port == "in":
-            handles.append(mod.register_forward_pre_hook(lambda m, args, s=s: keep(s, args[0])))
-        else:
-            handles.append(mod.register_forward_hook(lambda m, args, out, s=s: keep(s, _out_tensor(out))))
-    with hooked(handles):
-        with torch.set_grad_enabled(grad):
-            model(**place(inputs, model), use_cache=False)
+    with torch.set_grad_enabled(grad), w.trace(**place(inputs, model), use_cache=False):
+        for s in in_forward_order(adapter, sites):
+            x = read(w, adapter, s)
+            got[s] = (x if grad else x.detach()).save()
     return got
 
 
-@contextmanager
-def add_delta(ctx: EditContext, site: Site, positions: tuple[int, int], delta: torch.Tensor,
-              rank_one: tuple[torch.Tensor, torch.Tensor] | None = None,
-              mix: torch.Tensor | None = None) -> Iterator[None]:
-    """Add ``delta`` (channels) to the output of ``site``.
+def logits_with_delta(ctx: EditContext, inputs: dict[str, torch.Tensor], site: Site, positions: tuple[int, int],
+                      delta: torch.Tensor, rank_one: tuple[torch.Tensor, torch.Tensor] | None = None,
+                      mix: torch.Tensor | None = None) -> torch.Tensor:
+    """The logits of one forward of ``inputs`` with ``delta`` (channels) added to the output of
+    ``site`` (:func:`~lalm_interp.interventions.primitives.add`; differentiable in ``delta``).
 
     ``rank_one=None``: at time positions ``[a, b)`` (ROME's "value at the subject" form).
     ``rank_one=(k, u)``: at every position t, scaled by (uᵀx_t)/(uᵀk) with x_t the module's input —
@@ -151,37 +139,32 @@ def add_delta(ctx: EditContext, site: Site, positions: tuple[int, int], delta: t
     (:func:`~lalm_interp.editors.rome.multi_key_update`, ``keys="frames"``).
     """
     adapter = ctx.adapter
-    a, b = positions
-
-    def hook(mod, args, output):
-        x = _out_tensor(output)
-        btc = adapter.to_btc(site, x)
-        if mix is not None:
-            key = adapter.to_btc(site.with_port("in"), args[0])
-            add = ((key.double() @ mix.T) @ delta.double()).to(btc.dtype)  # (batch, time, channels)
-        elif rank_one is None:
-            add = torch.zeros_like(btc)
-            add[:, a:b, :] = delta.to(btc.dtype)
+    w = wrapped(ctx)
+    with w.trace(**inputs, use_cache=False):
+        if mix is None and rank_one is None:
+            add(w, adapter, site, delta, positions)
         else:
-            k, u = rank_one
-            key = adapter.to_btc(site.with_port("in"), args[0])
-            w = (key.double() @ u) / (k @ u)  # (batch, time)
-            add = (w[..., None] * delta.double()).to(btc.dtype)
-        new = adapter.to_btc(site, btc + add)  # to_btc is its own inverse (a transpose or nothing)
-        return (new, *output[1:]) if isinstance(output, tuple) else new
+            key = read(w, adapter, site.with_port("in")).double()  # (batch, time, in)
+            dtype = read(w, adapter, site).dtype
+            if mix is not None:
+                change = ((key @ mix.T) @ delta.double()).to(dtype)  # (batch, time, channels)
+            else:
+                k, u = rank_one
+                scale = (key @ u) / (k @ u)  # (batch, time)
+                change = (scale[..., None] * delta.double()).to(dtype)
+            add(w, adapter, site, change)
+        logits = w.output.logits.save()
+    return logits
 
-    with hooked([adapter.module(ctx.model, site).register_forward_hook(hook)]):
-        yield
 
-
-def pooled(ctx: EditContext, prep: Prepared, site: Site, name: str) -> torch.Tensor:
+def pooled(ctx: EditContext, prep: PreparedPrompt, site: Site, name: str) -> torch.Tensor:
     """Mean of ``site``'s value over span ``name`` of ``prep`` (float64, shape (channels,))."""
     a, b = span(ctx, prep, site, name)
     x = capture(ctx, [site], prep.inputs)[site]
     return x[0, a:b].double().mean(0)
 
 
-def frames(ctx: EditContext, prep: Prepared, site: Site, name: str) -> torch.Tensor:
+def frames(ctx: EditContext, prep: PreparedPrompt, site: Site, name: str) -> torch.Tensor:
     """``site``'s value at every position of span ``name`` of ``prep`` (float64, shape (n, channels)):
     one row per encoder frame (audio sites) or LLM position (text sites) of the span."""
     a, b = span(ctx, prep, site, name)
@@ -277,8 +260,6 @@ def _names_these_weights(ctx: EditContext) -> bool:
     context was made; True otherwise (a name given by the caller, or a large model, is trusted)."""
     import re
 
-    from .base import weights_fingerprint
-
     if not re.fullmatch(r".*#[0-9a-f]{16}", ctx.fingerprint or ""):
         return True
     return weights_fingerprint(ctx.model) == ctx.fingerprint
@@ -289,8 +270,6 @@ def key_stats(ctx: EditContext, site: "Site | str"):
     context's corpus: from memory, else from ``ctx.store`` (computed and written there on first use),
     always under the fingerprint of the weights they are computed from (:func:`stats_fingerprint`).
     Editors call this before they edit, so they get the unedited model's statistics."""
-    from ..cache import SecondMoment
-
     s = parse(site).with_port("in")
     if ctx.corpus is None:
         corpus_keys(ctx, s)  # raises the explanatory error
@@ -299,10 +278,6 @@ def key_stats(ctx: EditContext, site: "Site | str"):
     if key in ctx.memo:
         return ctx.memo[key]
     if fp != ctx.fingerprint:
-        import warnings
-
-        from .base import EditorWarning
-
         warnings.warn(f"key statistics at {s} are being computed on edited weights (stored under {fp!r}, not "
                       f"under the unedited model's {ctx.fingerprint!r}). Editors fetch their statistics before "
                       "editing; compute them on the unedited model first (docs/editors/crossmodal.md#statistics).",
@@ -336,9 +311,9 @@ class DeltaResult:
     delta_norm: float
 
 
-def optimise_delta(ctx: EditContext, prep: Prepared, site: Site, name: str, *, steps: int, lr: float,
+def optimise_delta(ctx: EditContext, prep: PreparedPrompt, site: Site, name: str, *, steps: int, lr: float,
                    weight_decay: float, clamp_norm_factor: float, kl_factor: float = 0.0,
-                   kl_preps: Sequence[tuple[Prepared, str]] = (), init: torch.Tensor | None = None,
+                   kl_preps: Sequence[tuple[PreparedPrompt, str]] = (), init: torch.Tensor | None = None,
                    stop_nll: float = 0.05, rank_one: tuple[torch.Tensor, torch.Tensor] | None = None,
                    mix: torch.Tensor | None = None, per_position: bool = False, wd_form: str = "squared",
                    kl_direction: str = "reverse") -> DeltaResult:
@@ -351,7 +326,7 @@ def optimise_delta(ctx: EditContext, prep: Prepared, site: Site, name: str, *, s
     ``kl_direction="rome"`` KL(P_δ ‖ P₀), as ROME's compute_v (:mod:`~lalm_interp.editors.losses`).
     with v the pooled output at the span; ‖δ‖ is clamped to ``clamp_norm_factor · ‖v‖`` after
     each Adam step. Stops early when the NLL falls below ``stop_nll``. ``rank_one=(k*, u)`` applies
-    δ the way the rank-one update will (see :func:`add_delta`) instead of over the span only.
+    δ the way the rank-one update will (see :func:`logits_with_delta`) instead of over the span only.
     ``mix=M`` ((n, in), one row per key of the multi-key update) optimises one residual per key:
     δ has shape (n, channels) and acts as (M x_t)ᵀ δ at every position t, exactly as the multi-key
     update will; ‖v‖ is then the Frobenius norm of the span's values (n rows) and the clamp and
@@ -359,8 +334,6 @@ def optimise_delta(ctx: EditContext, prep: Prepared, site: Site, name: str, *, s
     the span (shape (b − a, channels), norms as with ``mix``); on ``kl_preps`` (other lengths)
     their mean is added over the prompt's span.
     """
-    from .losses import kl_term, weight_decay_term
-
     a, b = span(ctx, prep, site, name)
     model = ctx.model
     out0 = capture(ctx, [site], prep.inputs)[site]
@@ -385,8 +358,7 @@ def optimise_delta(ctx: EditContext, prep: Prepared, site: Site, name: str, *, s
     ids = [prep.new_ids]
     with frozen(model), torch.enable_grad():
         for step in range(max(steps, 0) + 1):
-            with add_delta(ctx, site, (a, b), delta, rank_one, mix):
-                logits = model(**prep.inputs, use_cache=False).logits
+            logits = logits_with_delta(ctx, prep.inputs, site, (a, b), delta, rank_one, mix)
             _, total = logprobs_from_logits(logits, ids, prep.L)
             nll = -total[0] / len(prep.new_ids)
             nlls.append(float(nll.detach()))
@@ -396,16 +368,13 @@ def optimise_delta(ctx: EditContext, prep: Prepared, site: Site, name: str, *, s
             for (kp, kname), ref in zip(kl_preps, kl_ref):
                 ka, kb = span(ctx, kp, site, kname)
                 kd = delta.mean(0) if per_position else delta
-                with add_delta(ctx, site, (ka, kb), kd, rank_one, mix):
-                    lg = model(**kp.batch.model_inputs, use_cache=False).logits
+                lg = logits_with_delta(ctx, kp.batch.model_inputs, site, (ka, kb), kd, rank_one, mix)
                 lp = torch.log_softmax(lg[0, kp.batch.last[0]].float(), -1)
                 loss = loss + kl_factor / len(kl_preps) * kl_term(ref, lp, kl_direction)
             opt.zero_grad()
             loss.backward()
             if step == 0 and delta.grad is not None and not bool(delta.grad.any()):
-                from .base import EditorWarning
-
-                warnings.warn(f"the value change at {site} (positions {a}:{b}) does not reach the target's "
+                        warnings.warn(f"the value change at {site} (positions {a}:{b}) does not reach the target's "
                               "logits: its gradient is exactly 0, so this edit cannot change the prediction "
                               "(e.g. the last layer edited at positions before the last token). Pick an earlier "
                               "layer, or key_span='last_token'. Docs: docs/errors/editors.md",

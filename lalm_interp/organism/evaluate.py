@@ -6,10 +6,11 @@ neighbourhood prompts in each held-out voice.
 
 Corruption (ROME's causal-trace noise, at the audio encoder's ``conv2``): Gaussian noise of scale
 ``3σ`` (σ: std of the clean conv2 activations over the subject frames of the scored clips) is added
-to the conv2 output over a span of encoder frames, with a plain forward hook. We compare the subject
-span with an equally long span of non-subject words and report P(true object) and the probability
-mass left on the relation's objects (the first tokens of every object the model learned for that
-relation).
+to the conv2 output over a span of encoder frames, with the intervention engine's
+:func:`~lalm_interp.interventions.primitives.corrupt` inside one nnsight trace. We compare the
+subject span with an equally long span of non-subject words and report P(true object) and the
+probability mass left on the relation's objects (the first tokens of every object the model learned
+for that relation).
 """
 
 from __future__ import annotations
@@ -19,10 +20,12 @@ from typing import Any, Sequence
 
 import torch
 
-from ..inputs import DEFAULT_INSTRUCTION, build_inputs
+from ..inputs import DEFAULT_INSTRUCTION, PromptBatch, build_inputs, place
+from ..interventions.primitives import corrupt, read
 from ..known import first_token_scores
-from ..scoring import next_token_logprobs, object_prefix, object_token_ids
+from ..scoring import object_prefix, object_token_ids
 from ..spans import position_map
+from ..wrap import wrap
 
 
 def accuracy(model, processor, adapter, items: Sequence[Any], *, instruction: str = DEFAULT_INSTRUCTION,
@@ -98,58 +101,60 @@ class CorruptionResult:
         return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in self.__dict__.items()}
 
 
-def _conv2_hook(module, spans: list[tuple[int, int]], noise: list[torch.Tensor], capture: list | None = None):
-    def hook(mod, args, output):
-        if capture is not None:
-            capture.append(output.detach().clone())
-            return output
-        out = output.clone()
-        for b, ((t0, t1), z) in enumerate(zip(spans, noise)):
-            if t1 > t0:
-                out[b, :, t0:t1] = out[b, :, t0:t1] + z
-        return out
-
-    return module.register_forward_hook(hook)
+def _next_token_logprobs(model: Any, w: Any, adapter: Any, batch: PromptBatch, site: Any,
+                         corrupt_rows: Sequence[tuple[int, tuple[int, int], torch.Tensor]] = (), *,
+                         scale: float = 1.0, sigma: float = 1.0,
+                         keep: list | None = None) -> torch.Tensor:
+    """log-softmax of the logits at each example's last prompt position (as
+    :func:`~lalm_interp.scoring.next_token_logprobs`), in one trace of ``w = wrap(model)`` where each
+    ``(row, (t0, t1), z)`` of ``corrupt_rows`` adds (scale·sigma)·z over frames t0:t1 of ``site`` in
+    that row; ``keep`` (a list) receives the clean value at ``site`` ((batch, time, channels))."""
+    with w.trace(**place(batch.model_inputs, model), use_cache=False):
+        if keep is not None:
+            keep.append(read(w, adapter, site).clone().save())
+        for b, span, z in corrupt_rows:
+            corrupt(w, adapter, site, span, z, rows=b, scale=scale, sigma=sigma)
+        logits = w.output.logits.save()
+    rows = torch.arange(len(batch))
+    return torch.log_softmax(logits[rows, torch.as_tensor(batch.last)].float(), dim=-1).cpu()
 
 
 @torch.no_grad()
 def corruption_effect(model, processor, adapter, items: Sequence[Any], relation_tokens: dict[str, set[int]],
                       relation_of: dict[str, str], *, scale: float = 3.0, seed: int = 0,
-                      instruction: str = DEFAULT_INSTRUCTION) -> CorruptionResult:
-    """Corrupt conv2 over the subject frames, and over an equally long non-subject span, of the
-    ``items`` (edit prompts with a subject word range) in one batch each; see the module docstring."""
+                      instruction: str = DEFAULT_INSTRUCTION, at: str = "audio.conv2") -> CorruptionResult:
+    """Corrupt the site ``at`` (default conv2) over the subject frames, and over an equally long
+    non-subject span, of the ``items`` (edit prompts with a subject word range) in one batch each;
+    see the module docstring."""
     items = [it for it in items if it.subject_word_range is not None]
     batch = build_inputs(processor, adapter, [it.audio for it in items],
                          sample_rate=[it.sample_rate for it in items], instruction=instruction)
     pre = object_prefix(adapter, batch)
     tok = processor.tokenizer
     true_ids = torch.as_tensor([object_token_ids(tok, it.target_true, pre)[0] for it in items])
-    conv2 = adapter.module(model, "audio.conv2")
+    site = adapter.one(at)
+    stage = adapter.stage(site)
     subj, other = [], []
     for b, it in enumerate(items):
         pm = position_map(adapter, batch, b, it.words, it.subject_word_range)
-        s = pm.span("subject", "encoder")
+        s = pm.span("subject", stage)
         subj.append(s)
-        o = non_subject_span(s, pm.n_frames("encoder"))
+        o = non_subject_span(s, pm.n_frames(stage))
         other.append(o if o is not None else (0, 0))
+    w = wrap(model)
     cap: list[torch.Tensor] = []
-    h = _conv2_hook(conv2, [], [], capture=cap)
-    try:
-        lp_clean = next_token_logprobs(model, batch)
-    finally:
-        h.remove()
-    acts = torch.cat([cap[0][b, :, a:c].flatten() for b, (a, c) in enumerate(subj)])
+    lp_clean = _next_token_logprobs(model, w, adapter, batch, site, keep=cap)
+    channels_first = adapter.dims(site)[1] == "hidden"  # σ over the values in the module's own order
+    acts = torch.cat([(cap[0][b, a:c].T if channels_first else cap[0][b, a:c]).flatten()
+                      for b, (a, c) in enumerate(subj)])
     sigma = float(acts.std())
     gen = torch.Generator().manual_seed(seed)
-    C = cap[0].shape[1]
+    C = cap[0].shape[-1]
 
     def run(spans):
-        noise = [scale * sigma * torch.randn(C, t1 - t0, generator=gen) for (t0, t1) in spans]
-        h = _conv2_hook(conv2, spans, noise)
-        try:
-            return next_token_logprobs(model, batch)
-        finally:
-            h.remove()
+        draws = [torch.randn(C, t1 - t0, generator=gen) for (t0, t1) in spans]  # channels × frames
+        rows = [(b, (t0, t1), z.T) for b, ((t0, t1), z) in enumerate(zip(spans, draws)) if t1 > t0]
+        return _next_token_logprobs(model, w, adapter, batch, site, rows, scale=scale, sigma=sigma)
 
     lp_subj = run(subj)
     lp_other = run(other)

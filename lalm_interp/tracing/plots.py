@@ -4,7 +4,8 @@
   line per word position (first/last subject word, last word, last token), each with a bootstrap
   95 % band over examples (fixed seed); n and the restoration window are in the titles. Line styles
   and markers differ per position, so two curves that coincide stay visible.
-* :func:`plot_heatmap` — ROME-style layer × position heatmap of one example. Signed effects use a
+* :func:`plot_heatmap` — ROME-style layer × position heatmap of one example (its result as
+  ``trace_example`` / ``lalm_interp.interventions.results.read_example`` give it). Signed effects use a
   diverging map centred on 0 (white = no effect); the subject span (the corrupted one) is boxed.
   Audio stream: frames labelled by spoken word; text stream: positions labelled with readable
   decoded tokens — the chat template grouped into ``<system prompt>`` / ``<user>`` / ``<assistant>``
@@ -26,6 +27,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import xarray as xr
+
+from ..interventions.results import as_result
 
 SPAN_LABELS = {
     "first_subject_word": "first subject word",
@@ -128,7 +131,7 @@ def _families_of_experiment(attrs: dict) -> dict[str, dict[str, Any]]:
     return out
 
 
-def window_of(ds: xr.Dataset, family: str) -> int | None:
+def window_of(ds: "xr.Dataset | xr.DataTree", family: str) -> int | None:
     """The restoration window of ``family``: the window actually used when the results record it
     (``attrs['window_used']``: an int, or ``{family: {"used": w, ...}}`` / ``{family: w}``, also as
     JSON), else the requested ``Restore.window`` from ``attrs['experiment']``."""
@@ -376,7 +379,7 @@ def _span_runs(mask: Sequence[bool]) -> list[tuple[int, int]]:
     return runs
 
 
-def _corrupt_label(ds: xr.Dataset) -> str:
+def _corrupt_label(ds: "xr.Dataset | xr.DataTree") -> str:
     """The boxed span's label: the subject, and which part of it ``Corrupt.span`` noised."""
     try:
         c = json.loads(ds.attrs.get("experiment", "{}")).get("corrupt", {})
@@ -401,41 +404,43 @@ def _mark_span(ax: Any, mask: Sequence[bool], n_rows: int, label: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------- heatmaps
-def heatmap_figure(ds: xr.Dataset, family: str, *, tokenizer: Any = None):
-    """The layer × position heatmap figure (open); see :func:`plot_heatmap`."""
+def heatmap_figure(result: "xr.DataTree | xr.Dataset", family: str, *, tokenizer: Any = None):
+    """The layer × position heatmap figure (open); see :func:`plot_heatmap`. ``result``: one
+    example's result (``trace_example``, ``read_example``; a format-2 Dataset is converted)."""
     plt = _mpl()
-    da = ds[f"ie:{family}"]
+    res = as_result(result)
+    node = res[family]
+    da = node["ie"].transpose("layer", "position")
     grid = np.asarray(da.values, dtype=float)
     fig, ax = plt.subplots(figsize=(min(16, 3 + 0.1 * grid.shape[1]), 2.4 + 0.32 * grid.shape[0]))
     im = ax.imshow(grid, aspect="auto", origin="lower", cmap=DIVERGING_CMAP, norm=_diverging_norm(grid),
                    interpolation="nearest")
-    if f"token:{family}" in ds.coords:
-        toks = [str(t) for t in ds[f"token:{family}"].values]
-        words = [str(w) for w in ds[f"word:{family}"].values] if f"word:{family}" in ds.coords else [""] * len(toks)
-        is_audio = (ds[f"is_audio:{family}"].values if f"is_audio:{family}" in ds.coords
-                    else [bool(w) for w in words])
+    if "token" in node.coords:
+        toks = [str(t) for t in node["token"].values]
+        words = [str(w) for w in node["word"].values] if "word" in node.coords else [""] * len(toks)
+        is_audio = node["is_audio"].values if "is_audio" in node.coords else [bool(w) for w in words]
         groups = text_position_groups(toks, is_audio, words, lambda t: readable_token(t, tokenizer))
         ax.set_xticks([(a + b - 1) / 2 for a, b, _ in groups])
         ax.set_xticklabels([lab for _, _, lab in groups], rotation=60, ha="right", fontsize=7)
         for a, _, _ in groups[1:]:
             ax.axvline(a - 0.5, color="0.85", lw=0.5)
         ax.set_xlabel("decoder position (chat template grouped; audio tokens labelled by spoken word)")
-    elif f"word:{family}" in ds.coords:
-        words = [str(w) for w in ds[f"word:{family}"].values]
+    elif "word" in node.coords:
+        words = [str(w) for w in node["word"].values]
         groups = [(a, b, lab) for a, b, lab in _runs(words)]
         ax.set_xticks([(a + b - 1) / 2 for a, b, _ in groups])
         ax.set_xticklabels([lab or "(silence)" for _, _, lab in groups], rotation=45, ha="right", fontsize=7)
         for a, _, _ in groups[1:]:
             ax.axvline(a - 0.5, color="0.85", lw=0.5)
         ax.set_xlabel("audio frame (labelled by spoken word)")
-    if f"is_subject:{family}" in ds.coords:
-        _mark_span(ax, ds[f"is_subject:{family}"].values.astype(bool), grid.shape[0], _corrupt_label(ds))
+    if "is_subject" in node.coords:
+        _mark_span(ax, node["is_subject"].values.astype(bool), grid.shape[0], _corrupt_label(res))
     ax.set_ylabel("layer")
     ax.set_yticks(range(grid.shape[0]))
-    ax.set_yticklabels([str(v) for v in ds[f"layer:{family}"].values])
+    ax.set_yticklabels([str(v) for v in node["layer"].values])
     fig.colorbar(im, ax=ax, label="IE (P_restored − P_corrupt); white = 0")
-    w = window_of(ds, family)
-    ax.set_title(f"{ds.attrs.get('example', '')}: “{ds.attrs.get('words', '')}” → {ds.attrs.get('target', '')} "
+    w = window_of(res, family)
+    ax.set_title(f"{res.attrs.get('example', '')}: “{res.attrs.get('words', '')}” → {res.attrs.get('target', '')} "
                  f"({family}{f', window {w}' if w is not None else ''})", fontsize=9)
     fig.tight_layout()
     return fig
@@ -451,23 +456,28 @@ def _runs(labels: Sequence[str]) -> list[tuple[int, int, str]]:
     return [(a, b, lab) for a, b, lab in out]
 
 
-def plot_heatmap(ds: xr.Dataset, family: str, stem: str | Path, *, tokenizer: Any = None) -> list[Path]:
+def plot_heatmap(result: "xr.DataTree | xr.Dataset", family: str, stem: str | Path, *,
+                 tokenizer: Any = None) -> list[Path]:
     """Layer × position heatmap of one example's each-mode family (diverging map centred on 0,
-    subject span boxed, readable position labels)."""
+    subject span boxed, readable position labels). For a quick look, xarray's own
+    ``result[family].ie.plot()`` draws the same grid without the labels."""
     plt = _mpl()
-    fig = heatmap_figure(ds, family, tokenizer=tokenizer)
+    fig = heatmap_figure(result, family, tokenizer=tokenizer)
     paths = _save(fig, Path(stem))
     plt.close(fig)
     return paths
 
 
-def spectrogram_figure(ds: xr.Dataset, family: str, audio: np.ndarray, *, sample_rate: int = 16000):
+def spectrogram_figure(result: "xr.DataTree | xr.Dataset", family: str, audio: np.ndarray, *,
+                       sample_rate: int = 16000):
     """The heatmap-over-spectrogram figure (open); see :func:`plot_heatmap_over_spectrogram`."""
     plt = _mpl()
     from scipy.signal import spectrogram
 
-    da = ds[f"ie:{family}"]
-    times = np.asarray(ds[f"time_s:{family}"].values, dtype=float)
+    ds = as_result(result)
+    node = ds[family]
+    da = node["ie"].transpose("layer", "position")
+    times = np.asarray(node["time_s"].values, dtype=float)
     grid = np.asarray(da.values, dtype=float)
     dur = len(audio) / sample_rate
     f, t, S = spectrogram(audio, fs=sample_rate, nperseg=400, noverlap=240)
@@ -489,9 +499,9 @@ def spectrogram_figure(ds: xr.Dataset, family: str, audio: np.ndarray, *, sample
     for w, s, e in zip(words, starts, ends):
         ax0.text((float(s) + float(e)) / 2, ax0.get_ylim()[1] * 0.92, w, ha="center", va="top", color="white",
                  fontsize=8, bbox=dict(facecolor="black", alpha=0.4, pad=1, lw=0))
-    if f"is_subject:{family}" in ds.coords:
+    if "is_subject" in node.coords:
         label = _corrupt_label(ds)
-        mask = ds[f"is_subject:{family}"].values.astype(bool)
+        mask = node["is_subject"].values.astype(bool)
         for k, (a, b) in enumerate(_span_runs(mask)):
             t0, t1 = times[a] - step / 2, times[b - 1] + step / 2
             ax0.axvspan(t0, t1, ymin=0, ymax=0.04, color="white", gid="subject-span")
@@ -511,12 +521,12 @@ def spectrogram_figure(ds: xr.Dataset, family: str, audio: np.ndarray, *, sample
     return fig
 
 
-def plot_heatmap_over_spectrogram(ds: xr.Dataset, family: str, audio: np.ndarray, stem: str | Path,
-                                  *, sample_rate: int = 16000) -> list[Path]:
+def plot_heatmap_over_spectrogram(result: "xr.DataTree | xr.Dataset", family: str, audio: np.ndarray,
+                                  stem: str | Path, *, sample_rate: int = 16000) -> list[Path]:
     """An audio-stream each-mode heatmap (layer × frame) drawn over the clip's log-mel spectrogram,
     aligned in time, with word boundaries and the (corrupted) subject span marked."""
     plt = _mpl()
-    fig = spectrogram_figure(ds, family, audio, sample_rate=sample_rate)
+    fig = spectrogram_figure(result, family, audio, sample_rate=sample_rate)
     paths = _save(fig, Path(stem))
     plt.close(fig)
     return paths

@@ -11,7 +11,7 @@ from lalm_interp.inputs import build_inputs
 from lalm_interp.spans import SEQ, position_map
 from lalm_interp.specs import Corrupt, Experiment, Restore
 from lalm_interp.tracing.causal import Prepared, SpokenPrompt
-from lalm_interp.tracing.compile import _value
+from lalm_interp.interventions.primitives import read
 from lalm_interp.wrap import wrap
 
 from adapter_helpers import ADAPTER_NAMES, SUBJECT, WORDS, audio
@@ -46,7 +46,7 @@ def test_site_shapes_match_declared_dims(any_model):
     saved = {}
     with torch.no_grad(), w.trace(**batch.model_inputs, use_cache=False):
         for s in a.all_sites():
-            saved[s] = a.to_btc(s, a.select(s, _value(a, w, s))).shape.save()
+            saved[s] = read(w, a, s).shape.save()
     for s, shape in saved.items():
         st = a.stage(s)
         n_t = L if st == SEQ else chain.valid(st, a.window_mel)

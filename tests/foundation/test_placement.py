@@ -48,7 +48,7 @@ def test_scoring_and_tracing_run_on_a_bf16_model(tiny_deep, bf16):
                                Restore("text.layers.*.mlp", window=3, positions=("last_token",))))
     out32 = trace_example(*tiny_deep, ex, exp)
     out16 = trace_example(*bf16, ex, exp)
-    for v in ("p_clean", "p_corrupt", "ie:audio.resid", "ie:text.mlp"):
+    for v in ("p_clean", "p_corrupt", "audio.resid/ie", "text.mlp/ie"):
         a, b = np.asarray(out32[v]), np.asarray(out16[v])
         assert np.isfinite(b).all()
         np.testing.assert_allclose(b, a, atol=0.05, rtol=0.1)  # bf16 keeps ~3 significant digits

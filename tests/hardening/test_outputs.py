@@ -18,6 +18,7 @@ import pytest
 import xarray as xr
 
 from lalm_interp.apps import report
+from lalm_interp.interventions.results import FamilyGrid, example_result
 from lalm_interp.tracing import plots
 
 FIXTURE_TOKENIZER = Path(__file__).resolve().parents[1] / "fixtures" / "qwen2_audio_7b"
@@ -33,8 +34,8 @@ EXPERIMENT = json.dumps({"corrupt": {"at": "audio.conv2", "span": "subject"},
                                       {"at": "text.layers.*.resid", "name": "text.resid.each", "window": 1}]})
 
 
-def example_ds(seed: int = 0) -> xr.Dataset:
-    """A per-example each-position result shaped like trace_example's (audio frames, decoder tokens)."""
+def example_parts(seed: int = 0):
+    """The IE grids, coordinates and attrs of one synthetic example (audio frames, decoder tokens)."""
     rng = np.random.default_rng(seed)
     toks = PREFIX + ["<|AUDIO|>"] * len(AUDIO_WORDS) + SUFFIX
     L = len(toks)
@@ -48,25 +49,37 @@ def example_ds(seed: int = 0) -> xr.Dataset:
     frames = ["The"] * 4 + ["twin"] * 6 + ["city"] * 5 + ["of"] * 3 + ["Beirut"] * 8 + ["is"] * 4
     audio = rng.normal(0, 0.05, (3, len(frames)))
     audio[:, 18:26] += 0.4
-    return xr.Dataset(
-        {"ie:text.resid.each": (("layer:text.resid.each", "position:text.resid.each"), text),
-         "ie:audio.resid.each": (("layer:audio.resid.each", "position:audio.resid.each"), audio)},
-        coords={
-            "layer:text.resid.each": np.arange(4), "position:text.resid.each": [str(j) for j in range(L)],
-            "token:text.resid.each": ("position:text.resid.each", toks),
-            "word:text.resid.each": ("position:text.resid.each", words),
-            "is_audio:text.resid.each": ("position:text.resid.each", is_audio),
-            "is_subject:text.resid.each": ("position:text.resid.each", subj_t),
-            "layer:audio.resid.each": np.arange(3),
-            "position:audio.resid.each": [str(j) for j in range(len(frames))],
-            "time_s:audio.resid.each": ("position:audio.resid.each", 0.01 + 0.02 * np.arange(len(frames))),
-            "word:audio.resid.each": ("position:audio.resid.each", frames),
-            "is_subject:audio.resid.each": ("position:audio.resid.each", [w == "Beirut" for w in frames]),
-        },
-        attrs={"example": "ex0", "target": "Istanbul", "words": "The twin city of Beirut is",
-               "word_start_s": np.array([0.0, 0.08, 0.2, 0.3, 0.36, 0.52]),
-               "word_end_s": np.array([0.08, 0.2, 0.3, 0.36, 0.52, 0.6]), "experiment": EXPERIMENT},
-    )
+    fams = {
+        "text.resid.each": (text, {"token": toks, "word": words, "is_audio": is_audio, "is_subject": subj_t}),
+        "audio.resid.each": (audio, {"time_s": 0.01 + 0.02 * np.arange(len(frames)), "word": frames,
+                                     "is_subject": [w == "Beirut" for w in frames]}),
+    }
+    attrs = {"example": "ex0", "target": "Istanbul", "words": "The twin city of Beirut is",
+             "word_start_s": np.array([0.0, 0.08, 0.2, 0.3, 0.36, 0.52]),
+             "word_end_s": np.array([0.08, 0.2, 0.3, 0.36, 0.52, 0.6]), "experiment": EXPERIMENT}
+    return fams, attrs
+
+
+def example_ds(seed: int = 0, *, zero: bool = False) -> xr.DataTree:
+    """A per-example each-position result as trace_example returns it (one node per family)."""
+    fams, attrs = example_parts(seed)
+    grids = [FamilyGrid(f, f"{f.split('.')[0]}.layers.*.resid", "each", list(range(v.shape[0])),
+                        [str(j) for j in range(v.shape[1])], np.zeros_like(v) if zero else v,
+                        {k: ("position", c) for k, c in coords.items()}) for f, (v, coords) in fams.items()]
+    return example_result(grids, {"p_clean": 0.9, "p_corrupt": 0.3}, attrs)
+
+
+def example_format2(seed: int = 0) -> xr.Dataset:
+    """The same example in format 2 (the flat Dataset of earlier versions: ``ie:<family>`` ...)."""
+    fams, attrs = example_parts(seed)
+    data, coords = {}, {}
+    for f, (v, cs) in fams.items():
+        ldim, pdim = f"layer:{f}", f"position:{f}"
+        data[f"ie:{f}"] = ((ldim, pdim), v)
+        coords[ldim] = np.arange(v.shape[0])
+        coords[pdim] = [str(j) for j in range(v.shape[1])]
+        coords.update({f"{k}:{f}": (pdim, c) for k, c in cs.items()})
+    return xr.Dataset(data, coords=coords, attrs=attrs)
 
 
 def aie_ds(n_ex: int = 6, *, window_used=None) -> xr.Dataset:
@@ -116,14 +129,14 @@ def test_strongest_negative_effect_is_coloured_not_white():
     ds = example_ds()
     fig = plots.heatmap_figure(ds, "text.resid.each")
     im = _image(fig)
-    lo = float(ds["ie:text.resid.each"].min())
+    lo = float(ds["text.resid.each"].ie.min())
     r, g, b, _ = im.get_cmap()(im.norm(lo))
     assert b > r + 0.3  # saturated blue (Purples drew the most negative cell white)
 
 
 def test_all_zero_heatmap_does_not_divide_by_zero():
-    ds = example_ds()
-    ds["ie:text.resid.each"][:] = 0.0
+    ds = example_ds(zero=True)
+    assert not ds["text.resid.each"].ie.values.any()
     im = _image(plots.heatmap_figure(ds, "text.resid.each"))
     assert np.isfinite([im.norm.vmin, im.norm.vmax]).all() and im.norm.vmax > 0
 
@@ -134,7 +147,7 @@ def test_corrupted_subject_span_is_marked(family):
     ax = plots.heatmap_figure(ds, family).axes[0]
     boxes = [p for p in ax.patches if p.get_gid() == "subject-span"]
     assert len(boxes) == 1
-    cols = np.flatnonzero(ds[f"is_subject:{family}"].values)
+    cols = np.flatnonzero(ds[family].is_subject.values)
     x0, w = boxes[0].get_x(), boxes[0].get_width()
     assert x0 == pytest.approx(cols[0] - 0.5) and x0 + w == pytest.approx(cols[-1] + 0.5)
     assert any("corrupted subject" in t.get_text() for t in ax.texts)
@@ -148,8 +161,18 @@ def test_spectrogram_heatmap_is_diverging_and_marks_the_span():
     im = ax1.images[0]
     assert im.get_cmap().name == plots.DIVERGING_CMAP and im.norm(0.0) == pytest.approx(0.5)
     box = [p for p in ax1.patches if p.get_gid() == "subject-span"][0]
-    t = ds["time_s:audio.resid.each"].values[ds["is_subject:audio.resid.each"].values]
+    t = ds["audio.resid.each"].time_s.values[ds["audio.resid.each"].is_subject.values]
     assert box.get_x() < t[0] < t[-1] < box.get_x() + box.get_width()
+
+
+@pytest.mark.parametrize("family", ["text.resid.each", "audio.resid.each"])
+def test_heatmap_of_a_format2_dataset_is_the_same_picture(family):
+    """Files of earlier versions (format 2) still plot, into the same picture."""
+    new, old = plots.heatmap_figure(example_ds(), family).axes[0], plots.heatmap_figure(example_format2(), family).axes[0]
+    np.testing.assert_array_equal(new.images[0].get_array(), old.images[0].get_array())
+    assert [t.get_text() for t in new.get_xticklabels()] == [t.get_text() for t in old.get_xticklabels()]
+    assert [(p.get_x(), p.get_width()) for p in new.patches] == [(p.get_x(), p.get_width()) for p in old.patches]
+    assert new.get_title() == old.get_title()
 
 
 def test_heatmap_written_as_png_and_pdf(tmp_path):
@@ -175,8 +198,8 @@ def test_readable_token_uses_a_given_tokenizer():
 def test_text_positions_grouped_into_readable_labels():
     ds = example_ds()
     fam = "text.resid.each"
-    toks = [str(t) for t in ds[f"token:{fam}"].values]
-    groups = plots.text_position_groups(toks, ds[f"is_audio:{fam}"].values, list(ds[f"word:{fam}"].values))
+    toks = [str(t) for t in ds[fam].token.values]
+    groups = plots.text_position_groups(toks, ds[fam].is_audio.values, list(ds[fam].word.values))
     labels = [g[2] for g in groups]
     # every position is covered exactly once, in order
     assert groups[0][0] == 0 and groups[-1][1] == len(toks)

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
+from lalm_interp.interventions.results import read_example, write_example
 from lalm_interp.specs import Corrupt, Experiment, Restore, SpecError
 from lalm_interp.tracing.run import prompts_from_bench, run_experiment
 
@@ -216,9 +217,10 @@ def test_damaged_example_is_quarantined_and_recomputed(tiny_deep, bench, referen
     if damage == "no-variables":
         xr.Dataset(attrs={"example": bench[1][1].id}).to_netcdf(target, engine="h5netcdf")
     elif damage == "another-run":
-        ds = xr.load_dataset(target, engine="h5netcdf")
+        ds = read_example(target)
         ds.attrs["run_key"] = json.dumps({"model": "other", "weights": "x#1", "benchmark": "b3", "spec": "s"})
-        ds.to_netcdf(target, engine="h5netcdf")
+        target.unlink()
+        write_example(ds, target)
     else:
         target.write_bytes({"truncated": full[: len(full) // 3], "garbage": os.urandom(4096), "empty": b""}[damage])
     bad = target.read_bytes()
@@ -227,8 +229,7 @@ def test_damaged_example_is_quarantined_and_recomputed(tiny_deep, bench, referen
     assert len(q) == 1 and q[0].read_bytes() == bad
     assert agg.attrs["n_traced_now"] == 1
     xr.testing.assert_identical(agg["aie"], reference[1]["aie"])
-    assert xr.load_dataset(target, engine="h5netcdf").equals(
-        xr.load_dataset(example_file(reference[0], bench[1][1]), engine="h5netcdf"))
+    assert read_example(target).equals(read_example(example_file(reference[0], bench[1][1])))
     assert "will be recomputed" in capfd.readouterr().err
     assert manifest(out)["runs"][-1]["quarantined"][0]["file"] == f"examples/{target.name}"
 
@@ -346,7 +347,7 @@ def test_window_longer_than_the_stack_is_clipped_with_a_note(tiny_deep, bench, t
     assert int(agg["window"].sel(family="audio.resid")) == 10
     assert json.loads(agg.attrs["window_used"]) == {"audio.resid": 6}
     assert manifest(tmp_path)["windows"]["audio.resid"] == {"requested": 10, "used": 6, "n_layers": 6}
-    ex = xr.load_dataset(next((tmp_path / "examples").glob("*.nc")), engine="h5netcdf")
+    ex = read_example(next((tmp_path / "examples").glob("*.nc")))
     assert json.loads(ex.attrs["window_used"]) == {"audio.resid": 6}
     assert window_layers(0, 10, 6) == [0, 1, 2, 3, 4] and window_layers(3, 10, 6) == list(range(6))
 

@@ -3,12 +3,13 @@
 import numpy as np
 import pytest
 import torch
+import xarray as xr
 from hypothesis import given, strategies as st
 
 from lalm_interp.specs import Corrupt, Experiment, Patch, Read, Restore, SpecError, window_layers
-from lalm_interp.tracing import SpokenPrompt, aggregate, trace_example
+from lalm_interp.tracing import SpokenPrompt, aggregate, families, trace_example
 from lalm_interp.tracing.causal import Prepared
-from lalm_interp.tracing.compile import Row
+from lalm_interp.interventions import Row
 
 WORDS = (("Metropolitan", 0.0, 0.765), ("France's", 0.765, 1.270), ("capital", 1.270, 1.785), ("is", 1.785, 1.943))
 
@@ -135,22 +136,29 @@ def test_trace_example_result_is_labelled(tiny_deep):
         patches=(Patch("text.layers.2.resid", positions=("last_token",)),),
     )
     ds = trace_example(model, processor, a, prompt(), exp)
-    assert set(ds.data_vars) >= {"ie:audio.resid", "ie:text.mlp", "ie:audio.attn.each", "p:patched", "p_clean"}
-    assert ds["ie:text.mlp"].dims == ("layer:text.mlp", "position:text.mlp")
-    assert list(ds["position:text.mlp"].values) == ["first_subject_word", "last_word", "last_token"]
-    each = ds["ie:audio.attn.each"]
+    assert isinstance(ds, xr.DataTree)
+    assert families(ds) == ["audio.resid", "text.mlp", "audio.attn.each"]
+    assert set(ds.ds.data_vars) == {"p:patched", "p_clean", "p_corrupt"}
+    assert ds["text.mlp"].ie.dims == ("layer", "position")
+    assert list(ds["text.mlp"].label.values) == ["first_subject_word", "last_word", "last_token"]
+    assert list(ds["text.mlp"].position.values) == [0, 1, 2] and list(ds["text.mlp"].layer.values) == list(range(6))
+    assert ds["text.mlp"].attrs == {"site": "text.layers.*.mlp", "positions": "first_subject_word,last_word,last_token"}
+    each = ds["audio.attn.each"].ie
     assert each.shape == (6, 98)  # 1.95 s → 195 mel → 98 encoder frames
-    assert ds["word:audio.attn.each"].values[0] == "Metropolitan"
+    assert list(each.position.values) == list(range(98)) and each.label.values[97] == "97"
+    assert each.sel(layer=4).dims == ("position",)
+    np.testing.assert_array_equal(each.sel(layer=4).values, each.values[4])
+    assert each.word.values[0] == "Metropolitan"
     # encoder frame j is centred at 0.02 j s (mel frames are centred; rates.py, docs/gotchas/frame-rates.md)
-    assert float(ds["time_s:audio.attn.each"].values[0]) == pytest.approx(0.0)
-    assert float(ds["time_s:audio.attn.each"].values[1]) == pytest.approx(0.02)
-    assert ds["is_subject:audio.attn.each"].values[:64].all() and not ds["is_subject:audio.attn.each"].values[64:].any()
+    assert float(each.time_s.values[0]) == pytest.approx(0.0)
+    assert float(each.time_s.values[1]) == pytest.approx(0.02)
+    assert each.is_subject.values[:64].all() and not each.is_subject.values[64:].any()
     assert Experiment.from_json(ds.attrs["experiment"]) == exp
     agg = aggregate([ds, ds], exp)
     assert agg["ie"].dims == ("example", "family", "span", "layer")
     assert list(agg["stream"].values) == ["audio", "text", "audio"]
     np.testing.assert_allclose(agg["aie"].sel(family="text.mlp", span="last_token").values,
-                               ds["ie:text.mlp"].sel({"position:text.mlp": "last_token"}).values)
+                               ds["text.mlp"].ie.sel(label="last_token").values)
 
 
 def test_reads_record_values(tiny_deep):
@@ -197,7 +205,7 @@ def test_window_longer_than_the_stack_is_clipped_not_refused(tiny_deep):
     rows = Prepared(model, processor, a, prompt(), exp).rows(exp.restores[0])
     assert [[e.site.layer for e in r.edits] for r in rows] == [window_layers(l, 7, 6) for l in range(6)]
     assert [len(r.edits) for r in rows] == [4, 5, 6, 6, 5, 4]
-    assert np.isfinite(ds["ie:text.mlp"].values).all()
+    assert np.isfinite(ds["text.mlp"].ie.values).all()
     assert exp.windows({"audio": 6, "text": 6}) == {"text.mlp": {"requested": 7, "used": 6, "n_layers": 6}}
 
 
@@ -226,9 +234,9 @@ def test_aggregate_summarises_each_mode_over_the_subject(tiny_deep):
     exp = Experiment("e", restores=(Restore("text.layers.4:6.resid", window=1, positions="each"),))
     ds = trace_example(model, processor, a, prompt(), exp)
     agg = aggregate([ds], exp)
-    subj = ds["is_subject:text.resid"].values
+    subj = ds["text.resid"].is_subject.values
     assert subj.any() and not subj.all()
-    expect = ds["ie:text.resid"].values[:, subj].mean(axis=1)
+    expect = ds["text.resid"].ie.values[:, subj].mean(axis=1)
     np.testing.assert_allclose(agg["aie"].sel(family="text.resid", span="subject_mean").values[4:6], expect)
 
 
