@@ -2,17 +2,20 @@
 
 A name is, in this order:
 
-1. a registered name (:data:`MODEL_NAMES`): ``organism`` (the embedded tiny trained Qwen2-Audio)
-   or ``tiny-random`` (a random 6+6-layer tiny Qwen2-Audio built in seconds, for plumbing checks);
+1. a registered name (:data:`MODELS`, :func:`register_model`): ``organism`` (the embedded tiny
+   trained Qwen2-Audio), ``tiny-random`` (a random 6+6-layer tiny Qwen2-Audio built in seconds, for
+   plumbing checks) and the tiny random ``tiny-voxtral``, ``tiny-audioflamingo3``, ``tiny-salmonn``;
 2. an existing local folder holding ``config.json`` (``save_pretrained`` output);
 3. a hub id ``owner/name`` (e.g. ``Qwen/Qwen2-Audio-7B-Instruct``).
 
 Anything else fails at once (no hub retries) with the valid names and the closest match. A hub id
 that is not in the local Hugging Face cache fails at once when ``HF_HUB_OFFLINE`` is set,
 ``local_files_only=True`` is passed, or the hub cannot be reached (a 1 s connection check); a cached
-one then loads from the cache. :func:`load` returns :class:`Loaded` (model, processor, adapter) and
-attaches a :class:`ModelIdentity` (name, revision, weights fingerprint) to the model, read back
-with :func:`identity` (provenance of cached activations and results).
+one then loads from the cache. :func:`load_model` (also called :func:`load`) is the one loader
+every command, executor worker and :class:`lalm_interp.AudioLM` goes through. It returns
+:class:`Loaded` (model, processor, adapter, and the serialisable :func:`model_spec` that loads the
+same model again) and attaches a :class:`ModelIdentity` (name, revision, weights fingerprint) to the
+model, read back with :func:`identity` (provenance of cached activations and results).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 from urllib.parse import urlparse
 
 from .errors import LoadError
@@ -37,14 +40,88 @@ if TYPE_CHECKING:  # torch, transformers and the adapters load only when a model
     from .adapters.base import Adapter
 
 ASSETS = Path(__file__).parent / "assets"
-NAMED = {"organism": ASSETS / "organism"}
-"""Registered names backed by a checkpoint folder inside the package."""
-MODEL_NAMES: dict[str, str] = {
-    "organism": "the embedded tiny trained Qwen2-Audio (lalm_interp/assets/organism)",
-    "tiny-random": "a random-weight 6+6-layer tiny Qwen2-Audio built in seconds (plumbing checks only)",
-}
+
+
+@dataclass(frozen=True)
+class NamedModel:
+    """A registered model name: ``name``, a one-line ``description``, and where it comes from —
+    ``folder`` (a checkpoint folder, e.g. inside the package) or ``build`` (a function returning
+    ``(model, processor)`` built in memory; its weights are fingerprinted from the tensors)."""
+
+    name: str
+    description: str
+    folder: Path | None = None
+    build: Callable[[], tuple[Any, Any]] | None = None
+
+
+def _tiny_random() -> tuple[Any, Any]:
+    from .models.tiny import TinyConfig, tiny_qwen2_audio
+
+    return tiny_qwen2_audio(TinyConfig(audio_layers=6, text_layers=6, seed=1))
+
+
+def _tiny_voxtral() -> tuple[Any, Any]:
+    from .models.tiny_others import tiny_voxtral
+
+    return tiny_voxtral()
+
+
+def _tiny_audioflamingo3() -> tuple[Any, Any]:
+    from .models.tiny_others import tiny_audioflamingo3
+
+    return tiny_audioflamingo3()
+
+
+def _tiny_salmonn() -> tuple[Any, Any]:
+    from .models.salmonn import tiny_salmonn
+
+    return tiny_salmonn()
+
+
+MODELS: dict[str, NamedModel] = {}
+"""The one registry of named models (name → :class:`NamedModel`); add to it with :func:`register_model`."""
+NAMED: dict[str, Path] = {}
+"""Registered names backed by a checkpoint folder (``organism`` → ``lalm_interp/assets/organism``)."""
+MODEL_NAMES: dict[str, str] = {}
 """Every registered model name and what it is (``--model NAME`` accepts these, local checkpoint
 folders and hub ids)."""
+
+
+def register_model(name: str, description: str, *, folder: "str | os.PathLike[str] | None" = None,
+                   build: Callable[[], tuple[Any, Any]] | None = None, replace: bool = False) -> NamedModel:
+    """Register a model name: give exactly one of ``folder`` (a checkpoint folder holding
+    ``config.json``) or ``build`` (a function returning ``(model, processor)``). Afterwards
+    ``load_model(name)``, ``lalm_interp.load(name)`` and every ``--model name`` accept it."""
+    if not isinstance(name, str) or not name.strip() or name != name.strip():
+        raise LoadError(f"a registered model name must be a non-empty string without surrounding spaces, "
+                        f"got {name!r}. Fix: pass e.g. register_model('my-model', 'what it is', folder=...).")
+    if (folder is None) == (build is None):
+        raise LoadError(f"register_model({name!r}): give exactly one of folder= (a checkpoint folder) or build= "
+                        "(a function returning (model, processor)).")
+    if name in MODELS and not replace:
+        raise LoadError(f"model name {name!r} is already registered ({MODELS[name].description}). Fix: pick "
+                        "another name, or pass replace=True.")
+    entry = NamedModel(name, description, Path(folder) if folder is not None else None, build)
+    MODELS[name] = entry
+    MODEL_NAMES[name] = description
+    if entry.folder is not None:
+        NAMED[name] = entry.folder
+    else:
+        NAMED.pop(name, None)
+    return entry
+
+
+register_model("organism", "the embedded tiny trained Qwen2-Audio (lalm_interp/assets/organism)",
+               folder=ASSETS / "organism")
+register_model("tiny-random", "a random-weight 6+6-layer tiny Qwen2-Audio built in seconds (plumbing checks only)",
+               build=_tiny_random)
+register_model("tiny-voxtral", "a random-weight 2+2-layer tiny Voxtral built in memory (plumbing checks only)",
+               build=_tiny_voxtral)
+register_model("tiny-audioflamingo3", "a random-weight 2+2-layer tiny AudioFlamingo3 built in memory "
+               "(plumbing checks only)", build=_tiny_audioflamingo3)
+register_model("tiny-salmonn", "a random-weight tiny SALMONN (Whisper + BEATs + Q-Former + LLaMA) built in "
+               "memory (plumbing checks only)", build=_tiny_salmonn)
+
 HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*\Z")
 IDENTITY_ATTR = "lalm_interp_identity"
 """Attribute set on every model :func:`load` returns, holding its :class:`ModelIdentity`."""
@@ -77,13 +154,17 @@ class ModelIdentity:
 
 @dataclass
 class Loaded:
-    """What :func:`load` returns; unpacks as ``model, processor, adapter = load(...)``."""
+    """What :func:`load_model` returns; unpacks as ``model, processor, adapter = load_model(...)``.
+    ``source``: the folder or hub id the files came from (the name for models built in memory);
+    ``identity``: the :class:`ModelIdentity`; ``spec``: the :func:`model_spec` that loads the same
+    model again (``load_model(**loaded.spec)``, e.g. in a worker process)."""
 
     model: torch.nn.Module
     processor: Any
     adapter: Adapter
     source: str
     identity: ModelIdentity | None = field(default=None)
+    spec: dict[str, Any] = field(default_factory=dict)
 
     def __iter__(self):
         return iter((self.model, self.processor, self.adapter))
@@ -91,7 +172,7 @@ class Loaded:
 
 @dataclass(frozen=True)
 class Source:
-    """A resolved model name: ``kind`` is ``builtin`` (``tiny-random``), ``local`` (a folder,
+    """A resolved model name: ``kind`` is ``builtin`` (built in memory: ``tiny-random``), ``local`` (a folder,
     including ``organism``'s) or ``hub``; ``location`` the folder or hub id; ``local_files_only``
     whether ``from_pretrained`` may use the network; ``name`` what the user gave."""
 
@@ -166,10 +247,18 @@ def _valid_names() -> str:
 
 
 def _suggest(name: str, candidates: list[str]) -> str:
-    close = difflib.get_close_matches(name, candidates, n=2, cutoff=0.5)
+    """`` Did you mean 'x'?`` with the closest candidate (and a second one only when about as close)."""
+    close = _closest(name, candidates)
     if not close:
-        close = difflib.get_close_matches(name.lower(), [c.lower() for c in candidates], n=2, cutoff=0.5)
+        lower = {c.lower(): c for c in candidates}
+        close = [lower[c] for c in _closest(name.lower(), list(lower))]
     return f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+
+
+def _closest(name: str, candidates: list[str], cutoff: float = 0.5) -> list[str]:
+    scored = sorted(((difflib.SequenceMatcher(None, name, c).ratio(), c) for c in candidates), reverse=True)
+    scored = [(r, c) for r, c in scored if r >= cutoff]
+    return [c for r, c in scored[:2] if r >= scored[0][0] - 0.1] if scored else []
 
 
 def _unknown(name: str) -> LoadError:
@@ -194,7 +283,8 @@ def resolve_source(name_or_path: "str | os.PathLike[str]", *, local_files_only: 
     if not name:
         raise LoadError(f"the model name is empty. Expected one of: {_valid_names()}; a local checkpoint "
                         f"folder; or a hub id such as {_EXAMPLE_ID!r}. Fix: pass e.g. --model organism.")
-    if name == "tiny-random":
+    entry = MODELS.get(name)
+    if entry is not None and entry.build is not None:
         return Source(name, "builtin", "", True)
     if name in NAMED:
         path = NAMED[name]
@@ -324,9 +414,9 @@ def tensors_fingerprint(model: torch.nn.Module) -> str:
 
 def identity(model: Any) -> ModelIdentity:
     """The :class:`ModelIdentity` :func:`load` attached to ``model`` (also through an nnsight
-    wrapper's ``._model``); for a model built elsewhere, its ``config._name_or_path`` (or
-    ``"unknown"``) with no weights fingerprint."""
-    for m in (model, getattr(model, "_model", None)):
+    wrapper's ``._model`` or a handle's ``.model``); for a model built elsewhere, its
+    ``config._name_or_path`` (or ``"unknown"``) with no weights fingerprint."""
+    for m in (model, getattr(model, "_model", None), getattr(model, "model", None)):
         ident = getattr(m, IDENTITY_ATTR, None) if m is not None else None
         if isinstance(ident, ModelIdentity):
             return ident
@@ -335,27 +425,82 @@ def identity(model: Any) -> ModelIdentity:
 
 
 # ----------------------------------------------------------------------------- loading
-def load(
+SPEC_KEYS = ("name_or_path", "device", "dtype", "adapter", "local_files_only")
+"""The keys of a model spec (:func:`model_spec`): the arguments of :func:`load_model`."""
+
+
+def _dtype_name(dtype: Any) -> str | None:
+    if dtype is None or isinstance(dtype, str):
+        return dtype
+    return str(dtype).removeprefix("torch.")
+
+
+def _device(device: Any) -> Any:
+    """``"auto"``: CUDA when this process sees a GPU, else CPU; anything else as given."""
+    if isinstance(device, str) and device == "auto":
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def model_spec(name_or_path: "str | os.PathLike[str]", *, device: Any = "cpu", dtype: Any = None,
+               adapter: str | None = None, local_files_only: bool | None = None) -> dict[str, Any]:
+    """The small JSON-serialisable dict that names a model to load: the arguments of
+    :func:`load_model` (``load_model(**spec)`` loads it). Local folders are made absolute (a worker
+    may start in another folder); ``dtype`` is a name (``"bfloat16"``); ``device`` a string
+    (``"auto"`` stays ``"auto"``: each worker picks its own GPU or CPU)."""
+    raw = os.fspath(name_or_path) if isinstance(name_or_path, os.PathLike) else name_or_path
+    name = raw.strip() if isinstance(raw, str) else raw
+    if isinstance(name, str) and name not in MODELS and Path(name).expanduser().is_dir():
+        name = str(Path(name).expanduser().resolve())
+    return {"name_or_path": name, "device": str(device), "dtype": _dtype_name(dtype), "adapter": adapter,
+            "local_files_only": local_files_only}
+
+
+def check_spec(spec: Any) -> dict[str, Any]:
+    """``spec`` as a complete model spec (missing keys take :func:`load_model`'s defaults); an
+    unknown key or a spec without ``name_or_path`` is a :class:`LoadError` naming the valid keys."""
+    if not isinstance(spec, dict) or "name_or_path" not in spec:
+        raise LoadError(f"a model spec is a dict with at least 'name_or_path', got {spec!r}. Expected keys: "
+                        f"{', '.join(SPEC_KEYS)} (what model_spec() and AudioLM.spec give). Fix: pass e.g. "
+                        "{'name_or_path': 'organism', 'device': 'cpu'}.")
+    unknown = [k for k in spec if k not in SPEC_KEYS]
+    if unknown:
+        from .sites import suggest
+
+        raise LoadError(f"unknown model spec key(s) {unknown}.{suggest(str(unknown[0]), SPEC_KEYS)} Expected keys: "
+                        f"{', '.join(SPEC_KEYS)}. Fix: build the spec with lalm_interp.loading.model_spec().")
+    return model_spec(spec["name_or_path"], device=spec.get("device", "cpu"), dtype=spec.get("dtype"),
+                      adapter=spec.get("adapter"), local_files_only=spec.get("local_files_only"))
+
+
+def load_model(
     name_or_path: "str | os.PathLike[str]",
     *,
-    dtype: torch.dtype | str | None = None,
     device: str | torch.device = "cpu",
+    dtype: torch.dtype | str | None = None,
     local_files_only: bool | None = None,
     adapter: str | None = None,
 ) -> Loaded:
-    """Load model + processor + adapter by name (see the module docstring for what a name is).
+    """THE loader: model + processor + adapter by name (see the module docstring for what a name is).
 
-    name_or_path: ``"organism"``, ``"tiny-random"``, a local checkpoint directory, or a hub id
-        (e.g. ``Qwen/Qwen2-Audio-7B-Instruct``; needs the weights in the local HF cache offline).
+    name_or_path: a registered name (``"organism"``, ``"tiny-random"``, ...: :data:`MODELS`), a
+        local checkpoint directory, or a hub id (e.g. ``Qwen/Qwen2-Audio-7B-Instruct``; needs the
+        weights in the local HF cache offline).
+    device: where to put the model; ``"auto"``: CUDA when this process sees a GPU, else CPU.
     dtype: torch dtype (or its name) of the weights; ``None`` keeps the checkpoint's.
-    device: where to put the model.
     local_files_only: never touch the network; ``None``: True for local folders, when
         ``HF_HUB_OFFLINE=1``, and when the hub is unreachable.
     adapter: adapter name to force (default: from ``config.model_type``).
 
-    The model carries its :class:`ModelIdentity` (``identity(model)``; also ``Loaded.identity``).
+    The model carries its :class:`ModelIdentity` (``identity(model)``; also ``Loaded.identity``);
+    ``Loaded.spec`` loads the same model again (``load_model(**loaded.spec)``).
     """
     src = resolve_source(name_or_path, local_files_only=local_files_only)
+    spec_dict = model_spec(name_or_path, device=device, dtype=dtype, adapter=adapter,
+                           local_files_only=local_files_only)
+    device = _device(device)
     import torch
 
     from . import adapters
@@ -367,14 +512,12 @@ def load(
             raise LoadError(f"unknown dtype {dtype!r}; expected a torch dtype name such as 'float32' or "
                             "'bfloat16'.") from None
     if src.kind == "builtin":
-        from .models.tiny import TinyConfig, tiny_qwen2_audio
-
-        model, processor = tiny_qwen2_audio(TinyConfig(audio_layers=6, text_layers=6, seed=1))
-        ident = ModelIdentity("tiny-random", "builtin", "", "", tensors_fingerprint(model))
+        model, processor = MODELS[src.name].build()  # type: ignore[misc]
+        ident = ModelIdentity(src.name, "builtin", "", "", tensors_fingerprint(model))
         model = model.to(device=device, dtype=dtype) if dtype is not None else model.to(device)
         spec = adapters.get(adapter or model.config.model_type)
         setattr(model, IDENTITY_ATTR, ident)
-        return Loaded(model, processor, spec.bind(model.config, processor), "tiny-random", ident)
+        return Loaded(model, processor, spec.bind(model.config, processor), src.name, ident, spec_dict)
     from transformers import AutoConfig, AutoProcessor
 
     loc, lfo = src.location, src.local_files_only
@@ -402,7 +545,11 @@ def load(
         weights_hash=weights_fingerprint(folder) if folder is not None else "",
     )
     setattr(model, IDENTITY_ATTR, ident)
-    return Loaded(model, processor, spec.bind(model.config, processor), loc, ident)
+    return Loaded(model, processor, spec.bind(model.config, processor), loc, ident, spec_dict)
+
+
+load = load_model
+"""The same function as :func:`load_model` (the name ``lalm_interp.loading.load`` predates it)."""
 
 
 def _snapshot_dir(src: Source) -> Path | None:

@@ -24,6 +24,7 @@ Statistics for editors::
     P = nullspace_projector(stats, threshold=2e-2)   # AlphaEdit's projector (absolute cut)
 """
 
+from .activations import Activations
 from .batch import Batch, Positions
 from .catalog import Catalog, CorruptShard
 from .errors import CacheError
@@ -36,6 +37,7 @@ from .store import ExperimentInfo, KeyInfo, Store
 from .writer import ShardWriter
 
 __all__ = [
+    "Activations",
     "Batch",
     "CacheError",
     "Catalog",

@@ -9,12 +9,14 @@ from typing import Any, Callable, Iterable
 import xarray as xr
 
 from .. import sites as _sites
+from .activations import Activations
 from .catalog import Catalog, Scanner
 from .gc import GcReport, collect
 from .layout import resolve_root, stats_dir
 from .provenance import Provenance
-from .query import assemble, forward_key
-from .shards import IOCounter
+from .errors import CacheError
+from .query import assemble, forward_key, n_layers_by_stream
+from .shards import IOCounter, read_coords
 from .stats import SecondMoment, key_stats, list_stats, save_key_stats
 from .writer import ShardWriter
 
@@ -52,8 +54,9 @@ class KeyInfo:
 class Store:
     """An activation cache rooted at ``root`` (explicit > ``$LALM_INTERP_CACHE`` > ``./cache``).
 
-    Writers: :meth:`writer`. Queries: :meth:`get`, :meth:`ls`, :meth:`experiments`.
-    Statistics: :meth:`key_stats`. Maintenance: :meth:`gc`.
+    Writers: :meth:`writer`, :meth:`put` (one :class:`Activations`). Queries: :meth:`get`,
+    :meth:`activations`, :meth:`ls`, :meth:`experiments`. Statistics: :meth:`key_stats`.
+    Maintenance: :meth:`gc`.
     ``io`` counts bytes read by lazy arrays (``store.io.bytes_read``).
     """
 
@@ -77,6 +80,46 @@ class Store:
     ) -> ShardWriter:
         """A :class:`ShardWriter` for one run of one experiment (see its docstring)."""
         return ShardWriter(self.root, experiment, run, provenance, dtype, chunk_examples)
+
+    def put(self, acts: Activations, experiment: str, *, run: str = "clean", index: int | None = None,
+            dataset: str = "", spec: Any = "") -> int:
+        """Persist the activations of one example (``AudioLM.run_with_cache``'s result) as one shard
+        of ``experiment``/``run``; returns its shard index (``index``: that one; default: the next
+        free one). Float16 and float32 values are stored as they are (bfloat16 was widened to
+        float32 when read, float64 is stored as float32). Read it back with :meth:`activations`."""
+        w = self.writer(experiment, run=run, provenance=acts.provenance(dataset=dataset, spec=spec))
+        if index is None:
+            done = w.complete()
+            index = max(done) + 1 if done else 0
+        w.write(index, acts.to_batch())
+        return index
+
+    def activations(self, experiment: str, example: str | None = None, *, run: str = "clean") -> Activations:
+        """The :class:`Activations` :meth:`put` stored for ``example`` (default: the only or first
+        one) in ``experiment``/``run``: identical to what was put (``acts.identical(...)``)."""
+        cat = self.catalog(experiment=experiment, run=run)
+        cat.raise_if_corrupt()
+        if not cat.shards:
+            known = sorted({f"{e.experiment}/{e.run}" for e in self.experiments()})
+            raise CacheError(f"no shards of experiment {experiment!r} run {run!r} in {self.root}; stored runs: "
+                             f"{', '.join(known) or 'none'}. Fix: Store.put(acts, {experiment!r}) first, or pick a "
+                             "stored experiment (`lalm-interp cache ls`).")
+        seen: list[str] = []
+        for info in cat.shards:
+            if not info.keys:
+                continue
+            ids = [str(i) for i in read_coords(info.path, next(iter(info.keys)))["example"]]
+            if example is None or example in ids:
+                if len(ids) != 1:
+                    raise CacheError(f"shard {info.path} holds {len(ids)} examples; Store.activations reads shards "
+                                     "written by Store.put (one example each). Fix: use Store.get(site, ...) for it.")
+                one = Catalog((info,))
+                arrays = {k: assemble(k, one, self.io, None) for k in sorted(info.keys, key=forward_key)}
+                return Activations.from_store(arrays, info.provenance)
+            seen.extend(ids)
+        raise CacheError(f"example {example!r} is not in experiment {experiment!r} run {run!r}; it holds "
+                         f"{', '.join(seen[:10])}{' ...' if len(seen) > 10 else ''}.{_sites.suggest(str(example), seen)} "
+                         "Fix: pass one of those ids.")
 
     # ------------------------------------------------------------------ catalog
     def catalog(self, **filters: Any) -> Catalog:
@@ -104,8 +147,6 @@ class Store:
             for k, sch in s.keys.items():
                 groups.setdefault((s.experiment, s.run, k), []).append(sch)
         if pattern is not None:
-            from .query import n_layers_by_stream
-
             n_layers = n_layers_by_stream(cat.shards)
             p = _sites.parse(pattern)
             groups = {g: v for g, v in groups.items() if _sites.matches(p, g[2], n_layers.get(p.stream))}

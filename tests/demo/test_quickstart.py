@@ -1,5 +1,6 @@
 """The documented code runs as written: the quickstart's code blocks (in order, in one fresh
-interpreter) with a showcase edit that succeeds, and the README's "Quick look" snippet."""
+interpreter; written on the AudioLM handle) with a showcase edit that succeeds, and the README's
+"Quick look" snippet."""
 
 import re
 import subprocess
@@ -25,9 +26,14 @@ def _probs(line: str) -> list[float]:
 
 def test_quickstart_runs_and_its_edit_succeeds(tmp_path):
     blocks = re.findall(r"```python\n(.*?)```", DOC.read_text(), flags=re.S)
-    assert len(blocks) >= 4
+    assert len(blocks) >= 6
     out = _run(blocks, tmp_path, "quickstart")
     assert "P_clean" in out
+    # the handle: its repr, cached activations that the store reads back and the trace agrees with
+    assert "AudioLM('organism'" in out and "Activations(12 sites" in out
+    assert "read back identical: True" in out and "trace equals cache: True" in out
+    lo, hi = (float(x) for x in re.search(r"subject frames: (\d+\.\d+)-(\d+\.\d+) s", out).groups())
+    assert 0 < lo < hi  # the subject's encoder frames, located in seconds
     # the edited layer is the one the quickstart's own trace points at
     layer = int(re.search(r"peak text MLP layer at the last token: (\d+)", out).group(1))
     assert 'make("rome", f"text.layers.{layer}.mlp.down"' in "".join(blocks) and 0 <= layer < 6

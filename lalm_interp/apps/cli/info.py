@@ -15,7 +15,7 @@ def run(args) -> int:
 
     import lalm_interp
     from lalm_interp import adapters
-    from lalm_interp.loading import NAMED
+    from lalm_interp.loading import MODELS
 
     print(f"lalm-interp {lalm_interp.__version__}")
     for pkg in ("torch", "transformers", "nnsight", "xarray", "h5py", "numpy"):
@@ -26,14 +26,16 @@ def run(args) -> int:
     print("adapters:")
     for name, spec in adapters.available().items():
         print(f"  {name:<13}model types {', '.join(spec.model_types)}; {spec.hf_class}")
-    print("embedded models:")
-    for name, path in NAMED.items():
-        print(f"  {name:<13}{'present' if (path / 'config.json').exists() else 'not shipped'} ({path})")
+    print("registered models (--model NAME):")
+    for name, entry in MODELS.items():
+        where = ("" if entry.folder is None
+                 else f"; {'present' if (entry.folder / 'config.json').exists() else 'not shipped'}")
+        print(f"  {name:<20}{entry.description}{where}")
     print(f"cache root: {cache_root(getattr(args, 'cache', None))}")
     return 0
 
 
 def register(sub) -> None:
-    p = sub.add_parser("info", help="versions, available adapters, embedded models, cache root")
+    p = sub.add_parser("info", help="versions, available adapters, registered models, cache root")
     p.add_argument("--cache", default=None, help="cache root (default: $LALM_INTERP_CACHE or ./cache)")
     p.set_defaults(func=run)
