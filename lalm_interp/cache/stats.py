@@ -4,6 +4,10 @@ and the null-space projector AlphaEdit builds from them.
 Accumulation is in float64 with Chan et al.'s pairwise update: each batch contributes its own mean
 and centred scatter, merged exactly, so ``merge`` of shard sums equals one pass over everything
 and the covariance does not suffer the cancellation of ``E[kk^T] - mu mu^T``.
+
+Storage and arithmetic only: the keys come from the caller (``key_stats(..., compute=...)``; the
+editors capture them, :func:`lalm_interp.editors.keys.key_stats`), so the cache imports nothing from
+the editors or the intervention engine.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from .. import sites as _sites
 from ..atomic import publish, temp_path
 from .batch import to_numpy
 from .errors import CacheError
+from .shards import verify_shard
 
 try:
     from jaxtyping import Float
@@ -172,8 +177,6 @@ class SecondMoment:
                 m2 = f["centred_scatter"][...].astype(np.float64)
                 count = int(f["count"][()])
         except OSError as err:
-            from .shards import verify_shard
-
             check = verify_shard(Path(path))
             if check.damaged and "checksum" in check.damaged[0][1]:
                 raise CacheError(

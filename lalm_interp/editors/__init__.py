@@ -4,11 +4,16 @@ Quick use::
 
     from lalm_interp.editors import EditContext, EditRequest, KeyCorpus, make
 
-    ctx = EditContext(model, processor, adapter, store=Store(), corpus=KeyCorpus("synth:200", clips, sample_rate=16000))
+    lm = lalm_interp.load("organism")    # the model handle (or EditContext(model, processor, adapter, ...))
+    ctx = EditContext(lm, store=Store(), corpus=KeyCorpus("synth:200", clips, sample_rate=16000))
     editor = make("rome", "audio.layers.1.mlp.down", cov="identity")
     handle = editor.apply(ctx, EditRequest(prompt, target_new="London", word="first"))
     ...                                  # the model now says London
     handle.revert()                      # bitwise back
+
+``editor.apply(lm, request, store=..., corpus=...)`` takes the handle directly (one context per
+call). ``editor.stats_sites(adapter)``: the key sites whose statistics the editor reads (empty:
+none, so no corpus is needed).
 
 Hyper-parameters come from named presets (``presets.available("rome")``: ``paper``, the default,
 and ``organism``): ``make("rome", site, preset="organism")``; see :mod:`.presets`.

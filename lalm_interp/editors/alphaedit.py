@@ -11,12 +11,14 @@ import torch
 
 from ..cache import nullspace_projector
 from ..sites import Site
+from . import presets
 from .base import (
     EditContext,
     EditHandle,
     Editor,
     EditorError,
     EditRequest,
+    key_inputs,
     register,
     require_mlp_down,
 )
@@ -138,10 +140,9 @@ class AlphaEdit(Editor):
     label = "AlphaEdit"
     HParams = AlphaEditHParams
     accumulates = True
+    summary = ("keys", "key_span", "nullspace_threshold", "threshold_mode", "l2", "l2_mode", "steps", "lr")
 
     def __init__(self, sites: Any, hparams: Any = None, preset: str | None = None, **overrides: Any):
-        from . import presets
-
         super().__init__(sites, presets.resolve(self.name, hparams, preset), **overrides)
         self.preset = preset
         self.kp: dict[str, torch.Tensor] = {}
@@ -157,6 +158,20 @@ class AlphaEdit(Editor):
 
     def check_sites(self, adapter: Any, sites: list[Site]) -> None:
         require_mlp_down(self.name, adapter, sites)
+
+    def stats_sites(self, adapter: Any) -> list[Site]:
+        """Every edited site's key input: the protected keys' E[k₀k₀ᵀ] gives each layer's projector P."""
+        return key_inputs(self.resolve_sites(adapter))
+
+    def prefetch_stats(self, ctx: EditContext, sites: Sequence[Site]) -> None:
+        """P and the ridge weight at every site (reads E[kkᵀ]), and the sample of protected keys K₀
+        for the leak measurement."""
+        for s in sites:
+            self.projector(ctx, s)
+            self.protected_sample(ctx, s)
+
+    def _state(self) -> list[str]:
+        return [f"edits since reset()={self.n_edited}"] if self.n_edited else []
 
     def projector(self, ctx: EditContext, site: Site) -> tuple[torch.Tensor, float]:
         """(P, λ) at ``site``: the null-space projector of the protected keys and the ridge weight."""

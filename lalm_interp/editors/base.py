@@ -15,16 +15,20 @@ import hashlib
 import itertools
 import weakref
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Sequence
 
 import numpy as np
 import torch
 
-from ..errors import LalmInterpError, ScoringError, SpanError
+from ..errors import LalmInterpError, ScoringError, SiteError, SpanError
 from ..inputs import DEFAULT_INSTRUCTION
 from ..plugins import Registry
-from ..sites import Site
 from ..prompts import SpokenPrompt
+from ..scoring import object_prefix, object_token_ids
+from ..sites import Site, parse
+
+if TYPE_CHECKING:
+    from ..handle import AudioLM
 
 WORDS = {"first": "first_subject_word", "last": "last_subject_word", "subject": "subject"}
 """``EditRequest.word`` → the named span the key is pooled over."""
@@ -93,8 +97,6 @@ class EditRequest:
 
 def check_request(req: EditRequest, tokenizer: Any, prefix: str) -> None:
     """Validate one request before anything runs. Raises :class:`EditorError`."""
-    from ..scoring import object_token_ids
-
     if not isinstance(req, EditRequest):
         raise EditorError(f"an edit request must be an EditRequest, got {type(req).__name__}.")
     if req.word not in WORDS:
@@ -160,17 +162,29 @@ class KeyCorpus:
         return int(r)
 
 
-@dataclass
+@dataclass(init=False, repr=False)
 class EditContext:
     """What an editor works on: the model (edited in place), its processor and adapter, and where
     its key statistics come from.
 
+    Built from a model handle (``lalm_interp.load(...)``, or any object with ``model``,
+    ``processor`` and ``adapter``) or from the three parts — the same context either way::
+
+        ctx = EditContext(lm, store=Store(), corpus=corpus)      # == EditContext.from_lm(lm, ...)
+        ctx = EditContext(model, processor, adapter, store=Store(), corpus=corpus)
+
     store: an activation :class:`~lalm_interp.cache.Store`; statistics are read from it and
         computed + written on first use (``None``: computed in memory only).
-    corpus: the :class:`KeyCorpus` for statistics (needed by ROME with ``cov="second_moment"``
-        and by AlphaEdit).
-    fingerprint: names the model in the statistics cache (default: name + a hash of the weights
-        as they are when the context is made, so stats always belong to the unedited model).
+    corpus: the :class:`KeyCorpus` for statistics (needed by every editor whose
+        :meth:`Editor.stats_sites` is not empty: ROME with ``cov="second_moment"``, AlphaEdit and
+        the cross-modal editors built on them).
+    fingerprint: names the model in the statistics cache (default: name + a hash of the weights as
+        they are when the context is made, :func:`weights_fingerprint`, so stats always belong to
+        the unedited model — also for a handle, whose own ``fingerprint`` names the weight files as
+        loaded: a model edited since would get the loaded model's statistics name).
+    lm: the handle the context was built from (``None`` when built from the parts).
+    memo: statistics and projectors already fetched (editors memoise them per context: build one
+        context for a series of edits).
     """
 
     model: torch.nn.Module
@@ -179,15 +193,75 @@ class EditContext:
     store: Any = None
     corpus: KeyCorpus | None = None
     fingerprint: str | None = None
-    memo: dict[str, Any] = field(default_factory=dict, repr=False)
+    memo: dict[str, Any] = field(default_factory=dict)
+    lm: Any = field(default=None, compare=False)
 
-    def __post_init__(self) -> None:
-        if self.fingerprint is None:
-            self.fingerprint = weights_fingerprint(self.model)
+    def __init__(self, model: "torch.nn.Module | AudioLM", processor: Any = None, adapter: Any = None,
+                 store: Any = None, corpus: KeyCorpus | None = None, fingerprint: str | None = None,
+                 memo: dict[str, Any] | None = None, lm: Any = None):
+        if processor is None and adapter is None and is_model_handle(model):
+            lm = model
+            model, processor, adapter = lm.model, lm.processor, lm.adapter
+        elif processor is None or adapter is None:
+            raise EditorError(
+                f"EditContext got a {type(model).__name__} without its processor and adapter; expected a model "
+                "handle (lalm_interp.load(...)) or the three parts: EditContext(lm, store=..., corpus=...) or "
+                "EditContext(model, processor, adapter, store=..., corpus=...)."
+            )
+        self.model, self.processor, self.adapter = model, processor, adapter
+        self.store, self.corpus, self.lm = store, corpus, lm
+        self.fingerprint = fingerprint if fingerprint is not None else weights_fingerprint(model)
+        self.memo = {} if memo is None else memo
+
+    @classmethod
+    def from_lm(cls, lm: "AudioLM", *, store: Any = None, corpus: KeyCorpus | None = None,
+                fingerprint: str | None = None) -> "EditContext":
+        """The context of a model handle (anything with ``model``, ``processor`` and ``adapter``),
+        with the statistics cache ``store`` and ``corpus``; equal to ``EditContext(lm.model,
+        lm.processor, lm.adapter, ...)``."""
+        if not is_model_handle(lm):
+            raise EditorError(
+                f"EditContext.from_lm needs a model handle with .model, .processor and .adapter (lalm_interp.load(...)); "
+                f"got a {type(lm).__name__}. Use EditContext(model, processor, adapter, ...) for the parts."
+            )
+        return cls(lm, store=store, corpus=corpus, fingerprint=fingerprint)
 
     @property
     def tokenizer(self) -> Any:
         return self.processor.tokenizer
+
+    def __repr__(self) -> str:
+        corpus = "None" if self.corpus is None else f"{self.corpus.id!r} ({len(self.corpus.clips)} clips)"
+        store = "None (in memory)" if self.store is None else repr(str(getattr(self.store, "root", self.store)))
+        return (f"EditContext(model={type(self.model).__name__}, adapter={getattr(self.adapter, 'name', self.adapter)!r}, "
+                f"fingerprint={self.fingerprint!r}, store={store}, corpus={corpus}, memo={len(self.memo)} entries)")
+
+
+def is_model_handle(obj: Any) -> bool:
+    """Whether ``obj`` is a model handle (duck-typed: ``model``, ``processor`` and ``adapter``
+    attributes, and not itself a ``torch.nn.Module``)."""
+    return (not isinstance(obj, torch.nn.Module)
+            and all(hasattr(obj, a) for a in ("model", "processor", "adapter")))
+
+
+def as_context(target: Any, *, store: Any = None, corpus: KeyCorpus | None = None) -> EditContext:
+    """``target`` as an :class:`EditContext`: a context itself, a model handle (built with ``store``
+    and ``corpus``), or a ``(model, processor, adapter)`` tuple. :class:`EditorError` otherwise."""
+    if isinstance(target, EditContext):
+        if store is not None or corpus is not None:
+            raise EditorError(
+                "store= / corpus= were given together with an EditContext, which has its own; pass them when "
+                "building the context (EditContext(lm, store=..., corpus=...)) or pass the model handle instead."
+            )
+        return target
+    if is_model_handle(target):
+        return EditContext(target, store=store, corpus=corpus)
+    if isinstance(target, tuple) and len(target) == 3 and isinstance(target[0], torch.nn.Module):
+        return EditContext(*target, store=store, corpus=corpus)
+    raise EditorError(
+        f"an editor edits a model handle (lalm_interp.load(...)), an EditContext or a (model, processor, "
+        f"adapter) tuple; got a {type(target).__name__}."
+    )
 
 
 def weights_fingerprint(model: torch.nn.Module, max_params: int = 50_000_000) -> str:
@@ -355,7 +429,10 @@ class EditHandle:
                 "info": _jsonable(self.info), "reverted": self.reverted}
 
     def __repr__(self) -> str:
-        return f"EditHandle #{self.number} ({self.method!r}, sites={self.sites}, reverted={self.reverted})"
+        state = "reverted" if self.reverted else "applied"
+        rel = self.info.get("dW_rel")
+        rel = "" if not rel else ", dW_rel={" + ", ".join(f"{k!r}: {v:.3g}" for k, v in rel.items()) + "}"
+        return f"EditHandle #{self.number} ({self.method!r}, sites={self.sites}, {state}{rel})"
 
 
 def _jsonable(x: Any) -> Any:
@@ -406,8 +483,8 @@ class Editor:
 
     # ------------------------------------------------------------------ API
     def resolve_sites(self, adapter: Any) -> list[Site]:
-        from ..errors import SiteError
-
+        """The concrete sites this editor edits on ``adapter``'s model, in forward order (patterns
+        expanded, editor shorthand normalised); :class:`EditorError` for a site it cannot edit."""
         specs = [self.site_spec] if isinstance(self.site_spec, (str, Site)) else list(self.site_spec)
         if not specs:
             raise EditorError(f"{self.name}: no site given.")
@@ -418,15 +495,31 @@ class Editor:
         self.check_sites(adapter, sites)
         return sites
 
-    def apply(self, ctx: EditContext, requests: "EditRequest | Sequence[EditRequest]") -> EditHandle:
-        """Edit ``ctx.model`` in place for ``requests``; returns the handle. On any error the
-        weights are restored bitwise before the exception propagates."""
+    def stats_sites(self, adapter: Any) -> list[Site]:
+        """The key sites (``...mlp.down@in``, concrete, in forward order) whose second moments
+        E[kkᵀ] over the context's :class:`KeyCorpus` this editor reads — what a run computes (and
+        shards) before the edits, and whether it needs a corpus at all. Empty (this default): the
+        editor reads no statistics. Editors that read them override it (ROME with
+        ``cov="second_moment"``, AlphaEdit, the cross-modal editors: every stage's)."""
+        return []
+
+    def prefetch_stats(self, ctx: EditContext, sites: Sequence[Site]) -> None:
+        """Fetch (read or compute, memoised on ``ctx``) every statistic this editor uses at
+        ``sites`` now, before anything is edited (nothing for editors without statistics)."""
+
+    def apply(self, target: "EditContext | AudioLM", requests: "EditRequest | Sequence[EditRequest]", *,
+              store: Any = None, corpus: KeyCorpus | None = None) -> EditHandle:
+        """Edit the model in place for ``requests``; returns the handle. On any error the weights
+        are restored bitwise before the exception propagates.
+
+        target: a model handle (``lalm_interp.load(...)``; then ``store`` / ``corpus`` give the
+        statistics, as in :class:`EditContext`), an :class:`EditContext` (which memoises statistics
+        across calls: use one for a series of edits) or a ``(model, processor, adapter)`` tuple."""
+        ctx = as_context(target, store=store, corpus=corpus)
         reqs = [requests] if isinstance(requests, EditRequest) else list(requests)
         if not reqs:
             raise EditorError(f"{self.name}: no edit requests given.")
         sites = self.resolve_sites(ctx.adapter)
-        from ..scoring import object_prefix
-
         prefix = object_prefix(ctx.adapter, _Style(_style(ctx.processor)))
         for r in reqs:
             check_request(r, ctx.tokenizer, prefix)
@@ -456,6 +549,26 @@ class Editor:
         return {"method": self.name, "label": self.label, "sites": _site_list(self.site_spec),
                 "hparams": dataclasses.asdict(self.hparams)}
 
+    # ------------------------------------------------------------------ repr
+    summary: ClassVar[tuple[str, ...]] = ()
+    """The hyper-parameters the repr shows (those that decide what the edit is); all of them are in
+    ``editor.hparams``."""
+
+    def _summary(self) -> list[str]:
+        return [f"{f}={getattr(self.hparams, f)!r}" for f in self.summary if hasattr(self.hparams, f)]
+
+    def _state(self) -> list[str]:
+        """Accumulated state worth showing in the repr (e.g. AlphaEdit's edits since reset())."""
+        return []
+
+    def __repr__(self) -> str:
+        sites = _site_list(self.site_spec)
+        parts = [repr(sites[0]) if len(sites) == 1 else repr(sites)]
+        preset = getattr(self, "preset", None)
+        if preset is not None:
+            parts.append(f"preset={preset!r}")
+        return f"{type(self).__name__}({', '.join(parts + self._summary() + self._state())})"
+
 
 def _site_list(spec: Any) -> list[str]:
     return [str(spec)] if isinstance(spec, (str, Site)) else [str(s) for s in spec]
@@ -473,8 +586,6 @@ def _style(processor: Any) -> str:
 def normalise_site(site: "str | Site") -> str:
     """``audio.layers.3`` / ``audio.layers.3.mlp`` / ``...mlp.down@in`` → ``audio.layers.3.mlp.down``
     (the edited module). Other components are returned unchanged so the editor can reject them."""
-    from ..sites import parse
-
     try:
         s = parse(site)
     except LalmInterpError as err:
@@ -486,6 +597,11 @@ def normalise_site(site: "str | Site") -> str:
     if s.component == "mlp.down":
         s = s.with_port("out")
     return str(s)
+
+
+def key_inputs(sites: Sequence[Site]) -> list[Site]:
+    """The key sites (``@in``) of edited ``mlp.down`` sites: where their statistics are taken."""
+    return [s.with_port("in") for s in sites]
 
 
 def require_mlp_down(name: str, adapter: Any, sites: list[Site], *, n: int | None = None,

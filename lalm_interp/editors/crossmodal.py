@@ -35,7 +35,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
@@ -126,14 +126,8 @@ class CrossModalAlphaEditHParams:
 def prefetch_stats(ctx: EditContext, stage: Editor, sites: list[Site]) -> None:
     """Fetch (compute or read) ``stage``'s key statistics at ``sites`` now — before anything is
     edited — so every stage uses the unedited model's statistics (memoised on ``ctx``): ROME's C,
-    AlphaEdit's projector and its sample of protected keys K₀."""
-    for s in sites:
-        if hasattr(stage, "projector"):  # AlphaEdit: P and the ridge weight (reads E[kkᵀ])
-            stage.projector(ctx, s)
-        elif hasattr(stage, "covariance"):  # ROME: C (None for cov="identity": nothing to read)
-            stage.covariance(ctx, s)
-        if hasattr(stage, "protected_sample"):  # AlphaEdit's sample of K0 for the leak measurement
-            stage.protected_sample(ctx, s)
+    AlphaEdit's projector and its sample of protected keys K₀ (:meth:`Editor.prefetch_stats`)."""
+    stage.prefetch_stats(ctx, sites)
 
 
 class CrossModal(Editor):
@@ -145,10 +139,36 @@ class CrossModal(Editor):
     accumulates = False
     inner = Rome
     single = True
+    summary = ("drive", "drive_at", "drive_scale", "refine_steps")
 
     def __init__(self, sites: Any, hparams: Any = None, **overrides: Any):
         super().__init__(sites, hparams, **overrides)
         self._stages: dict[str, Editor] = {}
+
+    def _summary(self) -> list[str]:
+        inner = self.inner.summary
+        stages = [f"{st}=({', '.join(f'{f}={getattr(getattr(self.hparams, st), f)!r}' for f in inner)})"
+                  for st in ("audio", "text")]
+        return super()._summary() + stages
+
+    def _state(self) -> list[str]:
+        n = max((getattr(e, "n_edited", 0) for e in self._stages.values()), default=0)
+        return [f"edits since reset()={n}"] if n else []
+
+    def _split(self, sites: Sequence[Site]) -> dict[str, list[Site]]:
+        return {st: [s for s in sites if s.stream == st] for st in ("audio", "text")}
+
+    def stats_sites(self, adapter: Any) -> list[Site]:
+        """Every stage's statistics sites (audio stage first): each stage editor's
+        :meth:`~lalm_interp.editors.base.Editor.stats_sites` on its own sites."""
+        return [k for st, part in self._split(self.resolve_sites(adapter)).items()
+                for k in self.inner(part, self.stage_hparams(st)).stats_sites(adapter)]
+
+    def prefetch_stats(self, ctx: EditContext, sites: Sequence[Site]) -> None:
+        """Both stages' statistics (audio stage first), from the model as it is now."""
+        for st, part in self._split(sites).items():
+            if part:
+                self.stage(st, part).prefetch_stats(ctx, part)
 
     def reset(self) -> None:
         for e in self._stages.values():

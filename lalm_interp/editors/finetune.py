@@ -13,6 +13,7 @@ import torch
 
 from ..scoring import logprobs_from_logits
 from ..sites import Site
+from . import presets
 from .base import EditContext, EditHandle, Editor, EditorError, EditRequest, register
 from .keys import frozen, prepare
 
@@ -66,10 +67,9 @@ class FineTune(Editor):
     label = "FT"
     HParams = FineTuneHParams
     accumulates = False
+    summary = ("steps", "lr", "params", "order", "norm_constraint")
 
     def __init__(self, sites: Any, hparams: Any = None, preset: str | None = None, **overrides: Any):
-        from . import presets
-
         super().__init__(sites, presets.resolve(self.name, hparams, preset), **overrides)
         self.preset = preset
 

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
 from ..sites import Site
+from . import presets
 from .base import (
     EditContext,
     EditHandle,
@@ -18,6 +19,7 @@ from .base import (
     EditorError,
     EditorWarning,
     EditRequest,
+    key_inputs,
     register,
     require_mlp_down,
 )
@@ -218,15 +220,23 @@ class Rome(Editor):
     label = "ROME"
     HParams = RomeHParams
     accumulates = False
+    summary = ("cov", "keys", "key_span", "value_mode", "steps", "lr")
 
     def __init__(self, sites: Any, hparams: Any = None, preset: str | None = None, **overrides: Any):
-        from . import presets
-
         super().__init__(sites, presets.resolve(self.name, hparams, preset), **overrides)
         self.preset = preset
 
     def check_sites(self, adapter: Any, sites: list[Site]) -> None:
         require_mlp_down(self.name, adapter, sites, n=1)
+
+    def stats_sites(self, adapter: Any) -> list[Site]:
+        """The edited site's key input when ``cov="second_moment"`` (ROME's C); none for ``"identity"``."""
+        return key_inputs(self.resolve_sites(adapter)) if self.hparams.cov == "second_moment" else []
+
+    def prefetch_stats(self, ctx: EditContext, sites: Sequence[Site]) -> None:
+        """C at every site (``None`` for ``cov="identity"``: nothing to read)."""
+        for s in sites:
+            self.covariance(ctx, s)
 
     def covariance(self, ctx: EditContext, site: Site) -> torch.Tensor | None:
         if self.hparams.cov == "identity":

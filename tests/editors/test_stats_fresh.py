@@ -94,7 +94,9 @@ def test_crossmodal_edit_uses_the_statistics_of_the_unedited_model(tiny_deep, tm
 
 def test_crossmodal_in_process_equals_sharded(tiny_deep, tmp_path):
     from lalm_interp.evaluation import EditCase, Probe, run
-    from lalm_interp.executors import LocalExecutor, evaluate_sharded
+    from lalm_interp.evaluation.runs import evaluate
+    from lalm_interp.evaluation.stats import key_stats_sharded
+    from lalm_interp.executors import LocalExecutor
 
     cases = [EditCase(request(10 + i, new=n), paraphrases=(Probe(f"p{i}", "Paris", audio_array=noise(1.9, 40 + i), sample_rate=16000),),
                       neighbours=(Probe(f"n{i}", "London", audio_array=noise(1.9, 50 + i), sample_rate=16000),))
@@ -102,8 +104,15 @@ def test_crossmodal_in_process_equals_sharded(tiny_deep, tmp_path):
     ed = lambda: editor("crossmodal", CROSS["crossmodal"])  # noqa: E731
     inproc = run(ed(), context(tiny_deep, tmp_path / "a"), cases)
     ctx = context(tiny_deep, tmp_path / "b")
-    sharded = evaluate_sharded(LocalExecutor(state=tiny_deep), ed(), cases, tmp_path / "out", store=ctx.store,
-                               corpus=CORPUS, fingerprint=ctx.fingerprint, shard_size=1)
+    ex = LocalExecutor(state=tiny_deep)
+    # what a run on workers in other processes does first: the declared statistics, computed on the
+    # unedited model on the executor and stored, then read by every worker's editor
+    sites = ed().stats_sites(tiny_deep[2])
+    assert [str(s) for s in sites] == ["audio.layers.2.mlp.down@in", "text.layers.2.mlp.down@in"]
+    for site in sites:
+        key_stats_sharded(ex, CORPUS, site, store=ctx.store, model=ctx.fingerprint, chunk_batches=1)
+    sharded = evaluate(ex, ed(), cases, tmp_path / "out", store=ctx.store, corpus=CORPUS,
+                       fingerprint=ctx.fingerprint, shard_size=1)
     a = [r["after"] for r in inproc.records]
     b = [r["after"] for r in sharded.records]
     assert a and np.allclose(np.asarray(_flat(a)), np.asarray(_flat(b)), rtol=1e-6, atol=1e-9)

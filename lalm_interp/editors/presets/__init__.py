@@ -28,6 +28,8 @@ import difflib
 import json
 from pathlib import Path
 from typing import Any
+from ..base import EditorError, get
+from ..base import available as editors
 
 PRESET_DIR = Path(__file__).parent
 PAPER = "paper"
@@ -35,14 +37,10 @@ ORGANISM = "organism"
 
 
 def _error(msg: str) -> Exception:
-    from ..base import EditorError
-
     return EditorError(msg)
 
 
 def _hparams_class(editor: str) -> type:
-    from ..base import get
-
     return get(editor).HParams
 
 
@@ -100,7 +98,6 @@ def from_dict(cls: type, data: dict[str, Any], where: str = "") -> Any:
 
 def load(editor: str, preset: str) -> Any:
     """The ``HParams`` of ``editor`` (a registered editor name) in preset ``preset``, validated.
-
     A composite editor (hyper-parameters that nest other editors', e.g. ``crossmodal``'s ``audio``
     and ``text`` stages) without its own file for ``preset`` gets each stage from that stage
     editor's ``preset`` file and the rest from its defaults; its own file, when present, wins."""
@@ -117,8 +114,6 @@ def load(editor: str, preset: str) -> Any:
 
 
 def _composed(cls: type, preset: str) -> Any:
-    from ..base import available as editors
-
     by_type = {e.HParams: name for name, e in editors().items()}
     base = cls()
     stages = {}
