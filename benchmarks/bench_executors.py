@@ -18,7 +18,7 @@ The results of both runs are compared (they must be identical). Prints one JSON 
 ``--job eval``: ``--n`` edit cases of the organism's own CounterFact facts (1 paraphrase, 1
 neighbour each) edited with ROME at ``text.layers.4`` (identity covariance: no statistics corpus)
 and scored before/after — ``evaluation.run`` in this process (1 torch thread, after a one-case
-warm-up) vs. ``evaluate_sharded`` on the warm Ray pool; per-case records must be identical.
+warm-up) vs. ``evaluation.runs.evaluate`` on the warm Ray pool; per-case records must be identical.
 
     python benchmarks/bench_executors.py [--job trace|eval] [--n 8] [--workers 2] [--shard-size 1] [--model M]
 """
@@ -56,7 +56,7 @@ def main() -> None:
     from lalm_interp.bench.builder import build
     from lalm_interp.bench.datasets import load_facts
     from lalm_interp.bench.store import Benchmark
-    from lalm_interp.apps.cli.trace import load_model
+    from lalm_interp.loading import load_model
     from lalm_interp.executors import RayExecutor
     from lalm_interp.executors.ray_executor import timed_noop
     from lalm_interp.specs import Corrupt, Experiment, Restore
@@ -129,10 +129,11 @@ def bench_eval(args) -> None:
 
     import lalm_interp
     from lalm_interp.bench import Benchmark, build
-    from lalm_interp.apps.cli.trace import load_model
+    from lalm_interp.loading import load_model
     from lalm_interp.editors import EditContext, make
     from lalm_interp.evaluation import cases_from_benchmark, run
-    from lalm_interp.executors import RayExecutor, evaluate_sharded
+    from lalm_interp.evaluation.runs import evaluate
+    from lalm_interp.executors import RayExecutor
     from lalm_interp.organism.export import recipe_of
     from lalm_interp.organism.facts import choose_facts
 
@@ -157,10 +158,10 @@ def bench_eval(args) -> None:
         ex = RayExecutor(model_spec, workers=args.workers).start()
         t_start = time.perf_counter() - t
         try:
-            evaluate_sharded(ex, make(*editor, cov="identity"), cases[:args.workers], work / "ray-warm",
+            evaluate(ex, make(*editor, cov="identity"), cases[:args.workers], work / "ray-warm",
                              shard_size=1)  # each actor's first-call costs
             t = time.perf_counter()
-            res = evaluate_sharded(ex, make(*editor, cov="identity"), cases, work / "ray", shard_size=args.shard_size)
+            res = evaluate(ex, make(*editor, cov="identity"), cases, work / "ray", shard_size=args.shard_size)
             t_ray = time.perf_counter() - t
         finally:
             ex.close()

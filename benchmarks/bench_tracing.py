@@ -27,7 +27,7 @@ def _setup(model_name: str):
     import torch
 
     torch.set_num_threads(2)
-    from lalm_interp.apps.cli.trace import load_model
+    from lalm_interp.loading import load_model
     from lalm_interp.specs import Experiment
     from lalm_interp.tracing.causal import Prepared, SpokenPrompt
 

@@ -1,7 +1,12 @@
-"""Scale-out executors: run tracing shards, key-statistics chunks and evaluation (edit-case)
-shards on one process (``local``, the default) or on a pool of Ray actors that each load the model
-once (``ray``, the optional ``lalm-interp[ray]`` extra). Results are atomic files, so failed shards are retried and restarted
-jobs resume without recomputing anything. See ``docs/usage/scale-out.md``.
+"""Executors: generic machinery that runs a pipeline's *shard function* over payloads — in this
+process (:class:`LocalExecutor`, the default) or on a pool of Ray actors that each load the model
+once (:class:`RayExecutor`, the optional ``lalm-interp[ray]`` extra) — plus the one resume
+mechanism every pipeline shares (:mod:`.resume`: one atomic file per finished item, quarantine of
+damaged files, run keys) and the fault-injection hook the resume tests use (:mod:`.faults`).
+
+The pipelines themselves (tracing, key statistics, edit cases, the known filter) live in the runs
+layer (``lalm_interp.tracing.shards``, ``lalm_interp.evaluation.runs``,
+``lalm_interp.evaluation.stats``) and always run through an executor, passed explicitly::
 
     from lalm_interp.executors import RayExecutor
     from lalm_interp.tracing.run import run_experiment
@@ -9,61 +14,21 @@ jobs resume without recomputing anything. See ``docs/usage/scale-out.md``.
     with RayExecutor("organism", workers=4) as ex:
         agg = run_experiment(None, None, None, prompts, EXPERIMENT, "out/", executor=ex)
 
-Importing this package never imports Ray.
+Importing this package never imports Ray (``RayExecutor`` imports it when it starts). See ``docs/usage/scale-out.md``.
 """
 
 from .base import (
-    FAULT_ENV,
     Executor,
     ExecutorError,
-    InjectedFailure,
     LocalExecutor,
-    current,
+    chunks,
+    default_shard_size,
     load_state,
-    make_executor,
-    using,
+    shard_size_for,
 )
-from .evaluation import evaluate_sharded, known_sharded, needs_stats
-from .stats import key_stats_sharded
-from .tracing import open_examples, trace_sharded
-
-
-def __getattr__(name: str):
-    if name == "RayExecutor":
-        from .ray_executor import RayExecutor
-
-        return RayExecutor
-    raise AttributeError(name)
-
-
-def _positive(text: str) -> int:
-    if not text.strip().isdigit() or int(text) < 1:
-        import argparse
-        raise argparse.ArgumentTypeError(f"{text!r}: give a whole number of at least 1")
-    return int(text)
-
-
-def add_cli_options(parser) -> None:
-    """``--executor local|ray --workers N --address ADDR --shard-size N`` on a subcommand."""
-    g = parser.add_argument_group("scale-out (docs/usage/scale-out.md)")
-    g.add_argument("--executor", choices=["local", "ray"], default="local",
-                   help="local: this process (default); ray: one Ray actor per GPU/CPU worker")
-    g.add_argument("--workers", type=_positive, default=None,
-                   help="Ray actors (default: the cluster's GPUs, else its CPUs)")
-    g.add_argument("--address", default=None,
-                   help="existing Ray cluster ('auto' or ray://HOST:10001); default: start a local one")
-    g.add_argument("--shard-size", type=_positive, default=None,
-                   help="examples per tracing shard, or edit cases per evaluation shard (default: ~4 "
-                        "shards per worker, at most 16); statistics use two corpus chunks per worker")
-
-
-def from_cli(args, model: str):
-    """The executor the CLI options ask for (``None`` for the default in-process path)."""
-    if getattr(args, "executor", "local") == "local":
-        return None
-    ex = make_executor(args.executor, model=model, workers=args.workers, address=args.address)
-    ex.shard_size = getattr(args, "shard_size", None)  # tracing and evaluation shards (also inside `reproduce`)
-    return ex
+from .faults import FAULT_ENV, InjectedFailure, fault_spec, maybe_fail
+from .make import add_cli_options, from_cli, make_executor
+from .ray_executor import RayExecutor
 
 
 __all__ = [
@@ -74,15 +39,12 @@ __all__ = [
     "LocalExecutor",
     "RayExecutor",
     "add_cli_options",
-    "current",
-    "evaluate_sharded",
+    "chunks",
+    "default_shard_size",
+    "fault_spec",
     "from_cli",
-    "key_stats_sharded",
-    "known_sharded",
     "load_state",
     "make_executor",
-    "needs_stats",
-    "open_examples",
-    "trace_sharded",
-    "using",
+    "maybe_fail",
+    "shard_size_for",
 ]

@@ -72,6 +72,7 @@ class RayExecutor:
     """
 
     name = "ray"
+    in_process = False
 
     def __init__(self, model: str, workers: int | None = None, *, address: str | None = None,
                  gpus_per_worker: float | None = None, cpus_per_worker: float = 1, retries: int = 3,
@@ -221,6 +222,10 @@ class RayExecutor:
         if self._owns_ray:
             ray.shutdown()
             self._owns_ray = False
+
+    def bind(self, state: Any) -> "RayExecutor":
+        """Itself: the workers load their own model from the spec (a loaded ``state`` stays here)."""
+        return self
 
     def __enter__(self) -> "RayExecutor":
         return self

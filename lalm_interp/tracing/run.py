@@ -4,7 +4,8 @@ Layout of an output folder::
 
     OUT/experiment.json           the spec (Experiment.to_json), the run key, provenance, the windows
                                   used, skipped prompts (with reasons) and one record per invocation
-    OUT/examples/<id>.nc          one per-example Dataset (written atomically: temp file + rename)
+    OUT/examples/<id>.nc          one per-example result (interventions.results: an xr.DataTree, one
+                                  group per family; written atomically: temp file + rename)
     OUT/aie.nc                    the aggregate (example × family × span × layer) and its mean
     OUT/figure2.png|pdf           AIE-vs-layer curves per stream × kind (span-mode families)
     OUT/heatmap_<family>.png|pdf  layer × position heatmap of the first example (each-mode families)
@@ -22,8 +23,6 @@ traced. ``Read`` specs write the clean and corrupted activations into the activa
 
 from __future__ import annotations
 
-import datetime as _dt
-import hashlib
 import json
 import os
 import sys
@@ -33,21 +32,19 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import xarray as xr
 
-from ..atomic import atomic_write, remove_orphan_temps, safe_name
-from ..errors import AudioInputError, LalmInterpError, SpanError
+from ..atomic import atomic_write, remove_orphan_temps
+from ..executors import LocalExecutor
+from ..executors.resume import QUARANTINE, key_digest, scan, utc_stamp
+from ..executors.resume import quarantine as _move_aside
+from ..interventions.results import FORMAT, families, read_example
+from ..loading import NAMED
 from ..specs import Experiment, SpecError
-from .causal import Prepared, SpokenPrompt, aggregate, trace_example
+from .causal import SpokenPrompt, aggregate
+from .plots import plot_aie, plot_heatmap
+from .shards import example_path, prompt_sha, run_info, trace_sharded, write_atomic_netcdf
 
 MANIFEST = "experiment.json"
-FORMAT = 2
-QUARANTINE = "quarantine"
 KEY_FIELDS = ("model", "weights", "benchmark", "spec")
-
-
-def write_atomic_netcdf(ds: xr.Dataset, path: Path) -> None:
-    """Write ``ds`` to ``path`` atomically, with normal file permissions (``0o666 & ~umask``)."""
-    with atomic_write(path) as tmp:
-        ds.to_netcdf(tmp, engine="h5netcdf")
 
 
 def _write_json(path: Path, doc: Any) -> None:
@@ -66,49 +63,15 @@ def _say(msg: str) -> None:
 
 
 def _now() -> str:
+    import datetime as _dt
+
     return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 # ---------------------------------------------------------------------------- identity
-def model_info(model: Any, adapter: Any) -> dict[str, Any]:
-    """What a run needs to know about a loaded model: its name/path, weights fingerprint, layers
-    per stream and encoder window (the driver of a sharded run asks a worker for this)."""
-    from ..editors.base import weights_fingerprint
-    from ..inputs import window_samples
-
-    cfg = getattr(model, "config", None)
-    name, _, digest = weights_fingerprint(model).rpartition("#")
-    return {
-        "name_or_path": str(getattr(cfg, "_name_or_path", "") or type(model).__name__),
-        # the hash of the weights under the checkpoint's folder name (not its full path, so a moved
-        # installation still resumes); models over 50M parameters: the name and parameter count
-        "weights": f"{Path(name).name or name}#{digest}",
-        "n_layers": {s: int(adapter.n_layers(s)) for s in ("audio", "text") if s in adapter.streams},
-        "window_samples": int(window_samples(adapter)),
-        "sample_rate": int(adapter.rate_chain.sample_rate),
-        "adapter": f"{adapter.name}@{adapter.spec.version}",
-    }
-
-
-def prompt_sha(ex: SpokenPrompt) -> str:
-    """Content hash of one prompt (id, audio samples, word timings, subject, target, instruction)."""
-    h = hashlib.sha256()
-    x = np.ascontiguousarray(np.asarray(ex.audio, dtype=np.float32))
-    words = [[str(w.text), float(w.start_s), float(w.end_s)] if hasattr(w, "start_s") else
-             [str(w[0]), float(w[1]), float(w[2])] for w in ex.words]
-    meta = [ex.id, words, list(ex.subject), ex.target, ex.instruction, getattr(ex, "sample_rate", None)]
-    h.update(json.dumps(meta, sort_keys=True, default=str).encode())
-    h.update(x.tobytes())
-    return h.hexdigest()[:16]
-
-
 def model_name(name_or_path: str) -> str:
     """The name a model was loaded by: a registered short name (``organism``) for its checkpoint
     folder, else the path or hub id as given."""
-    try:
-        from ..loading import NAMED
-    except ImportError:  # pragma: no cover
-        return name_or_path
     for name, path in NAMED.items():
         try:
             if Path(name_or_path).resolve() == Path(path).resolve():
@@ -124,12 +87,14 @@ def run_key(exp: Experiment, info: dict[str, Any], provenance: dict[str, Any]) -
         "model": str(provenance.get("model") or model_name(info["name_or_path"])),
         "weights": str(info["weights"]),
         "benchmark": str(provenance.get("benchmark") or provenance.get("dataset") or ""),
-        "spec": hashlib.sha256(exp.to_json().encode()).hexdigest()[:16],
+        "spec": key_digest(exp.to_json()),
     }
 
 
 def benchmark_id(root: "str | os.PathLike") -> str:
     """Identity of a built benchmark folder: a hash of its ``benchmark.json`` and ``items.jsonl``."""
+    import hashlib
+
     h = hashlib.sha256()
     for name in ("benchmark.json", "items.jsonl"):
         p = Path(root) / name
@@ -140,7 +105,7 @@ def benchmark_id(root: "str | os.PathLike") -> str:
 
 # ---------------------------------------------------------------------------- up-front checks
 def prompt_problem(ex: SpokenPrompt, info: dict[str, Any]) -> str | None:
-    """Why ``ex`` cannot run on the model described by ``info`` (:func:`model_info`), or ``None``."""
+    """Why ``ex`` cannot run on the model described by ``info`` (``tracing.shards.model_info``), or ``None``."""
     x = np.asarray(ex.audio)
     if x.ndim != 1 or x.size == 0:
         return f"audio of shape {tuple(x.shape)} is not a non-empty mono clip"
@@ -167,26 +132,11 @@ def prompt_problem(ex: SpokenPrompt, info: dict[str, Any]) -> str | None:
     return None
 
 
-def data_problem(err: BaseException) -> bool:
-    """Whether ``err`` (raised while tracing one example) is about that example's data — skipped
-    and recorded — rather than the spec or the model (which stops the run)."""
-    if isinstance(err, (AudioInputError, SpanError)):
-        return True
-    return isinstance(err, SpecError) and isinstance(err.__cause__, (AudioInputError, SpanError))
-
-
-def _reason(err: BaseException) -> str:
-    return str(err).split("\n")[0]
-
-
 # ---------------------------------------------------------------------------- quarantine
 def quarantine(out: Path, path: Path, reason: str, log: list[dict[str, str]]) -> Path:
     """Move ``path`` to ``OUT/quarantine/<name>.<timestamp>`` (never delete a user's file), say so
     on stderr and in ``log`` (which goes to the manifest)."""
-    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
-    dest = out / QUARANTINE / f"{path.name}.{stamp}"
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(path, dest)
+    dest = _move_aside(path, out / QUARANTINE)
     log.append({"file": str(path.relative_to(out)), "moved_to": str(dest.relative_to(out)), "reason": reason})
     _say(f"{path} {reason}; moved to {dest} (not deleted) and it will be recomputed.")
     return dest
@@ -221,8 +171,7 @@ def _mismatch(out: Path, old: dict[str, Any], exp: Experiment, key: dict[str, st
 
 def _move_previous_run(out: Path, log: list[dict[str, str]]) -> None:
     """``new_run``: move every result of the previous run into ``OUT/quarantine/previous-run.<ts>/``."""
-    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
-    dest = out / QUARANTINE / f"previous-run.{stamp}"
+    dest = out / QUARANTINE / f"previous-run.{utc_stamp()}"
     moved = []
     for p in sorted(out.iterdir()):
         if p.name == QUARANTINE or not (p.name in (MANIFEST, "examples", "aie.nc") or p.name.startswith(
@@ -237,34 +186,29 @@ def _move_previous_run(out: Path, log: list[dict[str, str]]) -> None:
 
 
 def check_example_file(path: Path, ex: SpokenPrompt, exp: Experiment, key: dict[str, str],
-                       legacy_ok: bool) -> tuple[xr.Dataset | None, str | None]:
+                       legacy_ok: bool) -> tuple[xr.DataTree | None, str | None]:
     """(the example's stored result, None) or (None, why it must be recomputed)."""
     try:
-        ds = xr.load_dataset(path, engine="h5netcdf")
+        tree = read_example(path)
     except Exception as err:  # noqa: BLE001 - any unreadable file is damaged
         return None, f"is damaged ({type(err).__name__}: {str(err).splitlines()[0][:120] if str(err) else ''})"
-    missing = [v for v in ["p_clean", "p_corrupt", *(f"ie:{r.label}" for r in exp.restores)] if v not in ds]
+    have = set(families(tree))
+    missing = [v for v in ("p_clean", "p_corrupt") if v not in tree.ds] + \
+        [r.label for r in exp.restores if r.label not in have]
     if missing:
         return None, f"is incomplete (no {missing[0]!r})"
-    stored = ds.attrs.get("run_key")
+    stored = tree.attrs.get("run_key")
     if stored is None:
-        return (ds, None) if legacy_ok else (None, "has no run key, so it cannot be matched to this run")
+        return (tree, None) if legacy_ok else (None, "has no run key, so it cannot be matched to this run")
     try:
         stored = json.loads(stored)
     except ValueError:
         return None, "has a damaged run key"
     if stored != key:
         return None, f"belongs to another run ({stored.get('model')!r}, weights {stored.get('weights')!r})"
-    if ds.attrs.get("prompt_sha") not in (None, prompt_sha(ex)):
+    if tree.attrs.get("prompt_sha") not in (None, prompt_sha(ex)):
         return None, f"was traced from other audio or words for example {ex.id!r} (the benchmark changed)"
-    return ds, None
-
-
-def _annotate(ds: xr.Dataset, ex: SpokenPrompt, key: dict[str, str], windows: dict[str, Any]) -> xr.Dataset:
-    ds.attrs["run_key"] = json.dumps(key, sort_keys=True)
-    ds.attrs["prompt_sha"] = prompt_sha(ex)
-    ds.attrs["window_used"] = json.dumps({k: v["used"] for k, v in windows.items()}, sort_keys=True)
-    return ds
+    return tree, None
 
 
 # ---------------------------------------------------------------------------- the run
@@ -286,12 +230,17 @@ def run_experiment(
 ) -> xr.Dataset:
     """Trace every prompt (skipping completed ones), aggregate, plot; returns the aggregate.
 
+    Plan → shard → merge, always through an executor: the driver checks the prompts and the files
+    already in ``out`` (the done-set; damaged or foreign files quarantined), ships the rest in
+    shards to ``executor`` (:func:`lalm_interp.tracing.shards.trace_shard` writes one atomic file per
+    example), then aggregates every example's file.
+
     provenance: ``model`` (name as loaded, e.g. ``organism``; default the checkpoint path),
         ``benchmark`` (identity, e.g. :func:`benchmark_id`) / ``dataset``, ``revision``.
-    executor: run the examples in shards on a ``lalm_interp.executors`` executor (e.g. a
-        ``RayExecutor`` whose workers load the model themselves: ``model``/``processor``/``adapter``
-        may then be ``None``); default: the one set by ``executors.using``, else this process, in order.
-    shard_size: examples per shard for an executor (default: about four shards per worker).
+    executor: where the shards run (``lalm_interp.executors``): default a ``LocalExecutor`` on
+        ``model``/``processor``/``adapter`` in this process; a ``RayExecutor`` whose workers load
+        the model themselves (``model``/``processor``/``adapter`` may then be ``None``).
+    shard_size: examples per shard (default: about four shards per worker, at most 16).
     new_run: ``out`` holds another run (other model, weights, benchmark or spec): move its files to
         ``OUT/quarantine/previous-run.<timestamp>/`` and start afresh, instead of refusing.
 
@@ -302,20 +251,15 @@ def run_experiment(
     (JSON ``{family: layers}``; also the ``window_used`` coordinate over ``family``), the run key.
     """
     if executor is None:
-        from ..executors import current
-
-        executor = current()
+        if model is None or adapter is None:
+            raise SpecError("run_experiment needs a model and adapter, or an executor whose workers load one.")
+        executor = LocalExecutor()
+    if model is not None:
+        executor = executor.bind((model, processor, adapter))
     provenance = dict(provenance or {})
     if adapter is not None:
-        exp.validate(adapter)
-    if model is not None and adapter is not None:
-        info = model_info(model, adapter)
-    elif executor is not None:
-        from ..executors.tracing import run_info
-
-        info = executor.map(run_info, [{"experiment": exp.to_json()}])[0]
-    else:
-        raise SpecError("run_experiment needs a model and adapter, or an executor whose workers load one.")
+        exp.validate(adapter)  # a bad spec fails before anything is scheduled
+    info = executor.map(run_info, [{"experiment": exp.to_json()}])[0]
     key = run_key(exp, info, provenance)
     provenance.setdefault("model", key["model"])
     provenance.setdefault("weights_hash", key["weights"])
@@ -348,22 +292,17 @@ def run_experiment(
         raise SpecError(f"prompt id {dup!r} occurs more than once; example ids must be unique "
                         "(they name result files).")
     skipped: dict[str, str] = {}
-    runnable: list[SpokenPrompt] = []
-    for ex in prompts:
+    runnable: list[tuple[int, SpokenPrompt]] = []  # (index in prompts: the cache shard of Read specs, prompt)
+    for index, ex in enumerate(prompts):
         why = prompt_problem(ex, info)
         if why is None:
-            runnable.append(ex)
+            runnable.append((index, ex))
         else:
             skipped[ex.id] = why
-    loaded: dict[str, xr.Dataset] = {}
-    for ex in runnable:
-        path = out / "examples" / f"{safe_name(ex.id)}.nc"
-        if path.exists():
-            ds, why = check_example_file(path, ex, exp, key, legacy_ok)
-            if why is not None:
-                quarantine(out, path, why, log)
-            else:
-                loaded[ex.id] = _annotate(ds, ex, key, windows)
+    # the done-set: files that read back and belong to this run; the others are moved aside
+    scan([ex for _, ex in runnable], lambda ex: ex.id, lambda ex: example_path(out, ex.id),
+         lambda path, ex: check_example_file(path, ex, exp, key, legacy_ok),
+         lambda path, why: quarantine(out, path, why, log))
     doc = {
         "format": FORMAT,
         "experiment": exp.to_dict(),
@@ -375,47 +314,11 @@ def run_experiment(
     }
     _write_json(out / MANIFEST, doc)
 
-    if executor is not None:
-        from ..executors.tracing import trace_sharded
-
-        if getattr(executor, "name", "") == "local" and model is not None:
-            executor = executor.with_state((model, processor, adapter))
-        results, done, late = trace_sharded(executor, runnable, exp, out, shard_size=shard_size,
-                                            store_root=str(store.root) if store is not None else None,
-                                            provenance=provenance, progress=progress,
-                                            annotate={"key": key, "windows": windows})
-        skipped.update(late)
-    else:
-        results, done = [], 0
-        bar = None
-        if progress:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=len(runnable), desc=f"trace {exp.name}", unit="example")
-        for index, ex in enumerate(prompts):
-            if ex.id in skipped:
-                continue
-            ds = loaded.get(ex.id)
-            if ds is None:
-                try:
-                    ds = trace_example(model, processor, adapter, ex, exp)
-                except LalmInterpError as err:
-                    if not data_problem(err):
-                        raise
-                    skipped[ex.id] = _reason(err)
-                    if bar is not None:
-                        bar.update(1)
-                    continue
-                _annotate(ds, ex, key, windows)
-                write_atomic_netcdf(ds, out / "examples" / f"{safe_name(ex.id)}.nc")
-                done += 1
-            if store is not None and exp.reads:  # also after a resume: shards already complete are skipped
-                write_reads(model, processor, adapter, ex, exp, store, provenance, index=index)
-            results.append(ds)
-            if bar is not None:
-                bar.update(1)
-        if bar is not None:
-            bar.close()
+    results, done, late = trace_sharded(executor, runnable, exp, out, shard_size=shard_size,
+                                        store_root=str(store.root) if store is not None else None,
+                                        provenance=provenance, progress=progress,
+                                        annotate={"key": key, "windows": windows})
+    skipped.update(late)
     skipped_list = [{"id": i, "reason": skipped[i]} for i in ids if i in skipped]
     if skipped_list:
         _say(f"skipped {len(skipped_list)} of {len(prompts)} prompt(s) that cannot run on {key['model']} "
@@ -438,7 +341,7 @@ def run_experiment(
     return agg
 
 
-def _finish(results: list[xr.Dataset], exp: Experiment, out: Path, done: int, plots: bool, *,
+def _finish(results: list[xr.DataTree], exp: Experiment, out: Path, done: int, plots: bool, *,
             key: dict[str, str] | None = None, windows: dict[str, Any] | None = None,
             skipped: Sequence[dict[str, str]] = ()) -> xr.Dataset:
     agg = aggregate(results, exp)
@@ -457,70 +360,11 @@ def _finish(results: list[xr.Dataset], exp: Experiment, out: Path, done: int, pl
         agg.attrs["window_used"] = json.dumps({f: windows[f]["used"] for f in fams}, sort_keys=True)
     write_atomic_netcdf(agg, out / "aie.nc")
     if plots:
-        from .plots import plot_aie, plot_heatmap
-
         plot_aie(agg, out / "figure2")
         for r in exp.restores:
             if r.positions == "each":
                 plot_heatmap(results[0], r.label, out / f"heatmap_{r.label}")
     return agg
-
-
-def write_reads(model: Any, processor: Any, adapter: Any, ex: SpokenPrompt, exp: Experiment, store: Any,
-                provenance: dict[str, Any], *, index: int) -> None:
-    """Record the ``Read`` sites of ``exp`` for ``ex`` (clean and corrupted runs) into ``store`` as
-    shard ``index`` of experiment ``<exp.name>.<stage>`` (one experiment per time axis)."""
-    from ..cache import Batch, Provenance
-
-    runs_of: dict[Any, set[str]] = {}
-    for rd in exp.reads:
-        for s in adapter.expand(rd.at):
-            runs_of.setdefault(s, set()).update(rd.runs)
-    sites = list(runs_of)
-    model_name = provenance.get("model") or str(getattr(getattr(model, "config", None), "_name_or_path", "") or "")
-    prov = Provenance(
-        model=str(model_name or "unknown"),
-        revision=str(provenance.get("revision", "")),
-        weights_hash=str(provenance.get("weights_hash", "")),
-        dataset=str(provenance.get("dataset", "")),
-        spec=exp.to_json(),
-        n_layers={s: adapter.n_layers(s) for s in ("audio", "text") if s in adapter.streams},
-        adapter_version=f"{adapter.name}@{adapter.spec.version}",
-    )
-    todo = []
-    for k, run in enumerate(("clean", "corrupt")):
-        for stage in sorted({adapter.stage(s) for s in sites}):
-            group = [s for s in sites if adapter.stage(s) == stage and run in runs_of[s]]
-            if group:
-                w = store.writer(f"{exp.name}.{stage}", run=run, provenance=prov)
-                if not w.is_complete(index):
-                    todo.append((k, stage, group, w))
-    if not todo:
-        return
-    prep = Prepared(model, processor, adapter, ex, exp)
-    prep.compiled.base(reads=sites)
-    for k, stage, group, w in todo:
-        values = {str(s): prep.compiled.read_values[s][k : k + 1] for s in group}
-        T = next(iter(values.values())).shape[1]
-        pos = positions_for(prep, stage, T)
-        w.write(index, Batch(examples=[ex.id], values=values, positions={str(s): pos for s in group}))
-
-
-def positions_for(prep: Prepared, stage: str, T: int) -> Any:
-    from ..cache import Positions
-
-    if stage == "seq":
-        ids = prep.inputs["input_ids"][0, :T].tolist()
-        toks = prep.adapter.processor.tokenizer.convert_ids_to_tokens(ids)
-        s0, s1 = prep.pm.span("subject", "seq")
-        return Positions(token=[toks], is_subject=np.array([[s0 <= j < s1 for j in range(T)]]),
-                         valid=np.array([[bool(m) for m in prep.inputs["attention_mask"][0, :T].tolist()]]))
-    n = prep.pm.n_frames(stage)
-    s0, s1 = prep.pm.span("subject", stage)
-    chain = prep.adapter.rate_chain  # frame centres (docs/gotchas/frame-rates.md), padding frames too
-    return Positions(time_s=np.array([[chain.centre_s(stage, j, prep.pm.n_mel) for j in range(T)]]),
-                     is_subject=np.array([[s0 <= j < s1 for j in range(T)]]),
-                     valid=np.array([[j < n for j in range(T)]]))
 
 
 def prompts_from_bench(bench: Any, *, forms: Sequence[str] = ("prompt",), limit: int | None = None,

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from lalm_interp.executors import FAULT_ENV, ExecutorError, LocalExecutor, key_stats_sharded
+from lalm_interp.evaluation.stats import key_stats_sharded
+from lalm_interp.executors import FAULT_ENV, ExecutorError, LocalExecutor
 from lalm_interp.specs import Corrupt, Experiment, Restore
 from lalm_interp.tracing.run import prompts_from_bench, run_experiment
 
@@ -52,8 +53,10 @@ def reference(tiny_deep, bench, tmp_path_factory):
     return out, agg
 
 
-def example_files(out: Path) -> dict[str, xr.Dataset]:
-    return {p.name: xr.load_dataset(p, engine="h5netcdf") for p in sorted((out / "examples").glob("*.nc"))}
+def example_files(out: Path) -> dict[str, xr.DataTree]:
+    from lalm_interp.interventions.results import read_example
+
+    return {p.name: read_example(p) for p in sorted((out / "examples").glob("*.nc"))}
 
 
 RUN_ATTRS = ("run_key", "model")  # who ran it (a CLI run names the model and benchmark; the API reference does not)

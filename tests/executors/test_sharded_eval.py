@@ -10,8 +10,8 @@ import json
 import numpy as np
 import pytest
 
-from lalm_interp.executors import FAULT_ENV, ExecutorError, LocalExecutor, evaluate_sharded
-from lalm_interp.executors.evaluation import CASES_DIR
+from lalm_interp.evaluation.runs import CASES_DIR, evaluate
+from lalm_interp.executors import FAULT_ENV, ExecutorError, LocalExecutor
 
 N = 3  # edit cases
 ROME = ("rome", "text.layers.4.mlp.down")  # single-layer: reset between cases
@@ -85,19 +85,19 @@ def test_local_shards_equal_plain_run_retry_and_resume(organism, setting, cases,
     monkeypatch.setenv(FAULT_ENV, f"shard=0,after=1,mode=raise,marker={tmp_path / 'fault'}")
     from lalm_interp.editors import make
 
-    res = evaluate_sharded(ex, make(*ROME), cases, tmp_path / "out", store=store, corpus=corpus, shard_size=2)
+    res = evaluate(ex, make(*ROME), cases, tmp_path / "out", store=store, corpus=corpus, shard_size=2)
     assert (tmp_path / "fault").exists()  # shard 0 failed after its first case; the retry skipped that case
     assert res.meta["n_computed_now"] == N - 1 and res.meta["shards"] == 2
     assert_same_result(res, reference, tmp_path / "out")
     monkeypatch.delenv(FAULT_ENV)
-    again = evaluate_sharded(ex, make(*ROME), cases, tmp_path / "out", store=store, corpus=corpus)
+    again = evaluate(ex, make(*ROME), cases, tmp_path / "out", store=store, corpus=corpus)
     assert again.meta["n_computed_now"] == 0 and again.records == res.records  # a restart recomputes nothing
     (folder,) = (tmp_path / "out" / CASES_DIR).iterdir()
     doc = json.loads(next(folder.glob("*.json")).read_text())
     doc["record"]["request"]["target_new"] = "elsewhere"
     next(folder.glob("*.json")).write_text(json.dumps(doc))
     with pytest.raises(ExecutorError, match="written for another request.*scale-out.md"):
-        evaluate_sharded(ex, make(*ROME), cases, tmp_path / "out", store=store, corpus=corpus)
+        evaluate(ex, make(*ROME), cases, tmp_path / "out", store=store, corpus=corpus)
 
 
 def test_other_settings_do_not_reuse_case_files(organism, setting, cases, tmp_path):
@@ -105,8 +105,8 @@ def test_other_settings_do_not_reuse_case_files(organism, setting, cases, tmp_pa
 
     store, corpus = setting
     ex = LocalExecutor(state=organism)
-    a = evaluate_sharded(ex, make(*ROME, steps=2), cases[:1], tmp_path, store=store, corpus=corpus)
-    b = evaluate_sharded(ex, make(*ROME, steps=3), cases[:1], tmp_path, store=store, corpus=corpus)
+    a = evaluate(ex, make(*ROME, steps=2), cases[:1], tmp_path, store=store, corpus=corpus)
+    b = evaluate(ex, make(*ROME, steps=3), cases[:1], tmp_path, store=store, corpus=corpus)
     assert a.meta["n_computed_now"] == b.meta["n_computed_now"] == 1
     assert len(list((tmp_path / CASES_DIR).iterdir())) == 2  # one folder per run key
     assert a.records[0]["after"] != b.records[0]["after"]
@@ -116,16 +116,16 @@ def test_duplicate_case_ids_are_refused(organism, cases, tmp_path):
     from lalm_interp.editors import make
 
     with pytest.raises(ExecutorError, match="unique.*scale-out.md"):
-        evaluate_sharded(LocalExecutor(state=organism), make(*ROME), [cases[0], cases[0]], tmp_path)
+        evaluate(LocalExecutor(state=organism), make(*ROME), [cases[0], cases[0]], tmp_path)
 
 
 def test_known_filter_on_an_executor_matches_first_token_scores(organism, cases):
-    from lalm_interp.executors import known_sharded
+    from lalm_interp.evaluation.runs import known_filter
     from lalm_interp.known import first_token_scores
 
     prompts = [c.request.prompt for c in cases] * 3  # 9 prompts, shards of 8: the same batches of 2
     want = first_token_scores(*organism, prompts, target="target", batch_size=2).correct
-    assert known_sharded(LocalExecutor(state=organism), prompts, batch=2) == want
+    assert known_filter(LocalExecutor(state=organism), prompts, batch=2) == want
     assert any(want)  # the organism knows its own facts
 
 
@@ -145,7 +145,7 @@ def test_ray_shards_equal_plain_run(ray_ex, setting, cases, reference, tmp_path)
     from lalm_interp.editors import make
 
     store, corpus = setting
-    res = evaluate_sharded(ray_ex, make(*ROME), cases, tmp_path, store=store, corpus=corpus, shard_size=1)
+    res = evaluate(ray_ex, make(*ROME), cases, tmp_path, store=store, corpus=corpus, shard_size=1)
     assert res.meta["shards"] == N and res.meta["n_computed_now"] == N and res.meta["executor"] == "ray"
     assert_same_result(res, reference, tmp_path)
     assert written_by(tmp_path) == set(ray_ex.pids())  # both workers edited cases
@@ -157,7 +157,7 @@ def test_ray_failed_shard_is_retried_without_duplicates(ray_ex, setting, cases, 
     store, corpus = setting
     monkeypatch.setenv(FAULT_ENV, f"shard=0,after=1,mode=raise,marker={tmp_path / 'fault'}")
     retried = ray_ex.stats["retried"]
-    res = evaluate_sharded(ray_ex, make(*ROME), cases, tmp_path / "out", store=store, corpus=corpus, shard_size=2)
+    res = evaluate(ray_ex, make(*ROME), cases, tmp_path / "out", store=store, corpus=corpus, shard_size=2)
     assert (tmp_path / "fault").exists() and ray_ex.stats["retried"] == retried + 1
     assert res.meta["n_computed_now"] == N - 1  # the case finished before the failure was not edited again
     assert_same_result(res, reference, tmp_path / "out")
@@ -169,7 +169,7 @@ def test_ray_accumulating_mode_is_one_shard(ray_ex, organism, setting, cases, tm
     store, corpus = setting
     want = plain_run(organism, setting, cases, ALPHA)
     assert want.accumulate
-    res = evaluate_sharded(ray_ex, make(*ALPHA), cases, tmp_path, store=store, corpus=corpus, shard_size=1)
+    res = evaluate(ray_ex, make(*ALPHA), cases, tmp_path, store=store, corpus=corpus, shard_size=1)
     assert res.meta["shards"] == 1 and len(written_by(tmp_path)) == 1  # shard_size does not split it
     assert_same_result(res, want, tmp_path)
     assert [e["info"]["n_previous_edits"] for e in res.edits] == list(range(N))  # really sequential
@@ -179,18 +179,17 @@ def test_bad_site_fails_on_the_worker_before_any_shard(organism, cases, tmp_path
     from lalm_interp.editors import EditorError, make
 
     with pytest.raises(EditorError, match="cannot edit site text.layers.4.attn"):
-        evaluate_sharded(LocalExecutor(state=organism), make("rome", "text.layers.4.attn"), cases, tmp_path)
+        evaluate(LocalExecutor(state=organism), make("rome", "text.layers.4.attn"), cases, tmp_path)
     assert not (tmp_path / CASES_DIR).exists()
 
 
 def test_reproduce_editing_stage_on_ray(ray_ex, organism, organism_bench, setting, cases, tmp_path, monkeypatch):
-    """``reproduce``'s editing rows under ``executors.using(ray)``: key statistics and edit cases run
-    on the workers (collecting keys in this process is an error here), and the rows equal the
-    in-process rows computed from the same statistics."""
+    """``reproduce``'s editing rows on the Ray executor passed to them: key statistics and edit cases
+    run on the workers (collecting keys in this process is an error here), and the rows equal the
+    rows of the default (local) executor computed from the same statistics."""
     import shutil
 
-    from lalm_interp import executors
-    from lalm_interp.apps.reproduce import ReproduceConfig, _edit_rows
+    from lalm_interp.apps.reproduce import ReproduceConfig, edit_rows
 
     _, corpus = setting
     from types import SimpleNamespace
@@ -207,15 +206,14 @@ def test_reproduce_editing_stage_on_ray(ray_ex, organism, organism_bench, settin
     cfg = ReproduceConfig("table1", out=str(tmp_path / "ray"))
     with monkeypatch.context() as m:
         m.setattr("lalm_interp.editors.keys.corpus_keys", no_keys_here)
-        with executors.using(ray_ex):
-            on_ray = _edit_rows(cfg, *organism, open_bench(organism_bench), ids, plan, "edits")
+        on_ray = edit_rows(cfg, *organism, open_bench(organism_bench), ids, plan, "edits", executor=ray_ex)
     assert [d["meta"]["executor"] for d in on_ray] == ["ray", "ray"]
     assert [d["meta"]["shards"] for d in on_ray][1] == 1  # the accumulating row: one shard
     assert len(list((tmp_path / "ray" / "cache" / "stats").rglob("*.h5"))) == 2  # text.layers.3 and 4
     shutil.copytree(tmp_path / "ray" / "cache", tmp_path / "local" / "cache")  # the same statistics
-    local = _edit_rows(ReproduceConfig("table1", out=str(tmp_path / "local")), *organism,
-                       open_bench(organism_bench), ids, plan, "edits")
-    assert "executor" not in local[0]["meta"]  # the default path: evaluation.run in this process
+    local = edit_rows(ReproduceConfig("table1", out=str(tmp_path / "local")), *organism,
+                      open_bench(organism_bench), ids, plan, "edits")
+    assert [d["meta"]["executor"] for d in local] == ["local", "local"]  # the default: this process
     for a, b in zip(on_ray, local):
         for key in ("cases", "edits", "summary", "baseline", "accumulate"):
             assert a[key] == as_json(b[key]), key

@@ -30,8 +30,8 @@ import torch
 from lalm_interp.editors import EditContext, EditorError, EditRequest, KeyCorpus, make
 from lalm_interp.evaluation import EditCase, Probe
 from lalm_interp.executors import ExecutorError
-from lalm_interp.executors import evaluation as sharded
-from lalm_interp.executors.evaluation import CASES_DIR
+from lalm_interp.evaluation import runs as sharded
+from lalm_interp.evaluation.runs import CASES_DIR
 from lalm_interp.tracing import SpokenPrompt
 
 WORDS = (("Metropolitan", 0.0, 0.765), ("France's", 0.765, 1.270), ("capital", 1.270, 1.785), ("is", 1.785, 1.943))

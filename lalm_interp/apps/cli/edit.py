@@ -10,6 +10,9 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
+from lalm_interp import plans
+from lalm_interp.plans import DEFAULT_LAYERS, TWO_STREAMS
+
 from . import count, start
 
 
@@ -138,37 +141,9 @@ def _with_hparams(editor: Any, hp: Any) -> Any:
 
 
 # ---------------------------------------------------------------------------- default sites
-MULTI_LAYER = {"alphaedit": 3, "crossmodal-alphaedit": 3}
-"""Layers per stream that ``--site auto`` picks for multi-layer editors (the paper's Table 1: top-3
-by AIE); every other editor gets the top-1 layer."""
-TWO_STREAMS = ("crossmodal", "crossmodal-alphaedit")
-"""Editors that edit an audio and a text layer; the others edit one stream (default: audio)."""
 TWO_STREAMS_STREAMS = ("audio", "text")
-
-DEFAULT_LAYERS: dict[str, dict[str, list[int]]] = {
-    # --site auto on 32 known facts (the first 40 of the organism's list, 1 rendition), window 6:
-    # audio MLP AIE at the last subject word .089 .096 .097 .096 .022 .002 (layers 0-5),
-    # text MLP AIE at the last token .039 .048 .068 .147 .115 .089.
-    "organism": {"audio": [2, 1, 3, 0, 4, 5], "text": [3, 4, 5, 2, 1, 0]},
-}
-"""Documented default editing layers per model (``--model`` name) or adapter name, best first
-(the first is a single-layer editor's, the first three, sorted, a multi-layer editor's). The
-organism's are its ``--site auto`` choice on its own known facts (docs/usage/evaluation.md#sites-and-presets);
-an adapter without an entry (the real 7B models: the paper's layers depend on the checkpoint)
-falls back to ``--site auto`` and says so."""
-
-
-def sites_for(method: str, layers: dict[str, list[int]], streams: Sequence[str]) -> list[str]:
-    """mlp.down sites of ``method`` at the best-first ``layers`` of each of ``streams``."""
-    k = MULTI_LAYER.get(method, 1)
-    out = []
-    for st in streams:
-        chosen = sorted(layers[st][:k])
-        if k == 1:
-            out.append(f"{st}.layers.{chosen[0]}.mlp.down")
-        else:
-            out.extend(f"{st}.layers.{l}.mlp.down" for l in chosen)
-    return out
+"""The streams of the cross-modal editors (:data:`lalm_interp.plans.TWO_STREAMS`); the others edit one
+(default: audio)."""
 
 
 def auto_streams(method: str, site_args: Sequence[str] | None) -> tuple[str, ...] | None:
@@ -198,9 +173,6 @@ def auto_streams(method: str, site_args: Sequence[str] | None) -> tuple[str, ...
     return streams
 
 
-TWO_STREAMS_STREAMS = ("audio", "text")
-
-
 def check_site_names(site_args: Sequence[str], adapter: Any) -> None:
     """A site that does not parse or that the adapter does not have: an error with the closest
     valid editing site (``audio.layers.N.mlp.down`` / ``text.layers.N.mlp.down``)."""
@@ -219,57 +191,60 @@ def check_site_names(site_args: Sequence[str], adapter: Any) -> None:
                               "Docs: docs/usage/evaluation.md#sites-and-presets.") from err
 
 
-def auto_layers(args: Any, model: Any, processor: Any, adapter: Any, cases: list, streams: Sequence[str],
+class _Depth:
+    """The layer counts a worker reported (``worker_info``'s ``n_layers``), where
+    :func:`lalm_interp.plans.figure2_window` reads them from an adapter."""
+
+    def __init__(self, n_layers: dict[str, int]):
+        self._n = dict(n_layers)
+
+    def n_layers(self, stream: str) -> int:
+        return self._n[stream]
+
+
+def auto_layers(args: Any, executor: Any, info: dict[str, Any], cases: list, streams: Sequence[str],
                 say) -> dict[str, list[int]]:
     """The paper's layer choice: trace ``--auto-n`` of the edit prompts with the Table-2 selection
-    experiment (``demo.figure2_experiment``, MLP families of ``streams`` only) into
-    ``OUT/site-auto/`` (resumable), then take each stream's top-k MLP layers by AIE
-    (``tracing.select.top_layers``) at the position the editors key at (``demo_edits.SPANS``:
-    audio at the last subject word — the first with ``--word first`` — text at the last token)."""
-    import dataclasses as dc
-
-    from lalm_interp.apps.demo import figure2_experiment
-    from lalm_interp.apps.demo_edits import SPANS
+    experiment (``plans.figure2_experiment``, MLP families of ``streams`` only) into
+    ``OUT/site-auto/`` (resumable, on ``executor``), then take each stream's top-k MLP layers by AIE
+    (``tracing.select.top_layers``) at the position the editors key at
+    (``plans.layer_spans(word, keyed=True)``: audio at the last subject word — the first with
+    ``--word first`` — text at the last token)."""
     from lalm_interp.tracing.run import run_experiment
     from lalm_interp.tracing.select import top_layers
 
-    window = min(10, *(adapter.n_layers(st) for st in ("audio", "text")))
-    exp = figure2_experiment(window)
-    exp = dc.replace(exp, restores=tuple(r for r in exp.restores
-                                          if r.at.endswith(".mlp") and r.at.split(".")[0] in streams))
+    window = plans.figure2_window(_Depth(info["n_layers"]))
+    exp = plans.figure2_experiment(window, streams=streams, kinds=("mlp",))
     prompts = [c.request.prompt for c in cases[: args.auto_n]]
     say(f"--site auto: tracing {len(prompts)} edit prompt(s) (window {window}) into {Path(args.out) / 'site-auto'}")
-    agg = run_experiment(model, processor, adapter, prompts, exp, Path(args.out) / "site-auto",
+    agg = run_experiment(None, None, None, prompts, exp, Path(args.out) / "site-auto",
                          provenance={"model": str(args.model), "purpose": "edit run --site auto"},
-                         progress=False, plots=False)
-    k = MULTI_LAYER.get(args.method, 1)
-    out = {}
-    for st in streams:
-        span = "first_subject_word" if (st == "audio" and args.word == "first") else SPANS[st]
-        out[st] = top_layers(agg, f"{st}.mlp", span, min(k, adapter.n_layers(st)))
-    return out
+                         progress=False, plots=False, executor=executor)
+    k = plans.LAYERS_PER_STREAM.get(args.method, 1)
+    spans = plans.layer_spans(args.word if args.word in ("first", "last") else "last", keyed=True)
+    return {st: top_layers(agg, f"{st}.mlp", spans[st], min(k, info["n_layers"][st])) for st in streams}
 
 
-def choose_sites(args: Any, model: Any, processor: Any, adapter: Any, cases: list, loaded_name: str,
+def choose_sites(args: Any, executor: Any, info: dict[str, Any], cases: list, loaded_name: str,
                  say, meta: dict[str, Any]) -> list[str]:
     """``--site`` as given, or the default / ``auto`` sites (said on stderr; how they were chosen is
-    ``meta["site_choice"]``: ``explicit``, ``default`` or ``auto``)."""
+    ``meta["site_choice"]``: ``explicit``, ``default`` or ``auto``). ``info``: the model's
+    ``worker_info`` (adapter name, layers per stream)."""
     streams = auto_streams(args.method, args.site)
     if streams is None:
-        check_site_names(args.site, adapter)
         meta["site_choice"] = "explicit"
         return list(args.site)
-    table = DEFAULT_LAYERS.get(loaded_name) or DEFAULT_LAYERS.get(adapter.name)
+    table = DEFAULT_LAYERS.get(loaded_name) or DEFAULT_LAYERS.get(info["adapter"])
     if not args.site and table is not None:
-        sites = sites_for(args.method, table, streams)
+        sites = plans.sites(table, args.method, streams)
         meta["site_choice"] = "default"
-        say(f"no --site: the documented default sites of {loaded_name if loaded_name in DEFAULT_LAYERS else adapter.name} "
+        say(f"no --site: the documented default sites of {loaded_name if loaded_name in DEFAULT_LAYERS else info['adapter']} "
             f"for {args.method}: {' '.join(sites)}")
         return sites
     if not args.site:
-        say(f"no --site and no documented default sites for {loaded_name!r} (adapter {adapter.name}): "
+        say(f"no --site and no documented default sites for {loaded_name!r} (adapter {info['adapter']}): "
             "choosing them as --site auto does")
-    sites = sites_for(args.method, auto_layers(args, model, processor, adapter, cases, streams, say), streams)
+    sites = plans.sites(auto_layers(args, executor, info, cases, streams, say), args.method, streams)
     meta["site_choice"] = "auto"
     say(f"--site auto: {' '.join(sites)} (peak MLP AIE)")
     return sites
@@ -283,9 +258,8 @@ def fmt(x: Any) -> str:
 def run(args) -> int:
     from lalm_interp.bench import Benchmark
     from lalm_interp.cache import Store
-    from lalm_interp.editors import EditContext
     from lalm_interp.evaluation import cases_from_benchmark
-    from lalm_interp.executors import from_cli, needs_stats
+    from lalm_interp.executors import from_cli
 
     say = start(args)
     editor_class(args.method)  # a bad --method fails before anything loads
@@ -300,46 +274,9 @@ def run(args) -> int:
     acc = {"accumulate": True, "reset": False, None: None}[args.mode]
     meta = {"model": str(args.model), "bench": str(Path(args.bench).resolve()), "word": args.word,
             "known_only": bool(args.known_only), "targets": args.targets, "preset": args.preset}
-    executor = from_cli(args, str(args.model))
-    if executor is not None:  # the workers load the model; the driver schedules and merges
-        if auto_streams(args.method, args.site) is not None:
-            from lalm_interp.editors import EditorError
-
-            raise EditorError("--executor ray needs explicit --site values (no --site / --site auto choose layers "
-                              "with a trace in this process): run `lalm-interp edit run --site auto` locally once "
-                              "(it prints the sites) or pass them. Docs: docs/usage/evaluation.md#sites-and-presets.")
-        editor = make_editor(args)
-        meta["site_choice"] = "explicit"
-        with executor:
-            res = run_on_executor(args, executor, editor, bench, cases, store, acc, meta, say)
-    else:
-        from lalm_interp.executors.evaluation import evaluate_resumable
-        from lalm_interp.known import first_token_scores
-        from lalm_interp.loading import load
-
-        loaded = load(args.model)
-        model, processor, adapter = loaded
-        if args.site and auto_streams(args.method, args.site) is None:
-            check_site_names(args.site, adapter)  # fail early on a bad site, with the closest valid one
-            make_editor(args).resolve_sites(adapter)
-        from lalm_interp.inputs import window_samples
-
-        cases = fitting(cases, window_samples(adapter), meta, say)
-        if args.known_only:
-            s = first_token_scores(model, processor, adapter, [c.request.prompt for c in cases], target="target")
-            cases = [c for c, ok in zip(cases, s.correct) if ok]
-        cases = select_targets(args, cases)
-        sites = choose_sites(args, model, processor, adapter, cases, str(args.model), say, meta)  # before --limit
-        if args.limit:
-            cases = cases[: args.limit]
-        editor = make_editor(args, sites)
-        editor.resolve_sites(adapter)
-        say(f"{len(cases)} cases, method {args.method}, sites {editor.site_spec}")
-        corpus = key_corpus(args, bench, say) if needs_stats(editor) else None
-        ctx = EditContext(model, processor, adapter, store=store, corpus=corpus)
-        meta.update(model_source=loaded.source, fingerprint=ctx.fingerprint,
-                    corpus=corpus.id if corpus is not None else None)
-        res = evaluate_resumable(editor, ctx, cases, args.out, accumulate=acc, meta=meta, progress=say)
+    # the model lives in this process (default) or on each Ray worker (--executor ray); this driver plans and merges
+    with from_cli(args, str(args.model)) as executor:
+        res = run_on_executor(args, executor, bench, cases, store, acc, meta, say)
     path = res.save(args.out)
     s, b = res.summary, res.baseline
     resumed = res.meta.get("n_cases", 0) - res.meta.get("n_computed_now", 0)
@@ -393,29 +330,43 @@ def select_targets(args: Any, cases: list) -> list:
     return cases
 
 
-def run_on_executor(args: Any, executor: Any, editor: Any, bench: Any, cases: list, store: Any,
-                    acc: bool | None, meta: dict[str, Any], say) -> Any:
-    """``edit run --executor ray``: the known filter, the key statistics and the edit cases run on
-    the executor's workers (see docs/usage/scale-out.md); returns the merged ``RunResult``."""
-    from lalm_interp.executors import evaluate_sharded, known_sharded, needs_stats
-    from lalm_interp.executors.evaluation import model_info
-    from lalm_interp.loading import resolve
+def site_check(state: Any, payload: dict[str, Any]) -> list[str]:
+    """Shard function: ``--site`` values checked on the model's adapter (the closest valid editing
+    site on a typo or an out-of-range layer) and resolved by the editor they make."""
+    _, _, adapter = state
+    check_site_names(payload["sites"], adapter)
+    return [str(s) for s in payload["editor"].resolve_sites(adapter)]
 
-    say(f"starting {executor!r}")
-    info = executor.map(model_info, [{"editor": editor}])[0]  # a bad site fails here, on a worker
+
+def run_on_executor(args: Any, executor: Any, bench: Any, cases: list, store: Any,
+                    acc: bool | None, meta: dict[str, Any], say) -> Any:
+    """``edit run`` on ``executor`` (this process by default; Ray workers with ``--executor ray``,
+    docs/usage/scale-out.md): the site check, the known filter, the ``--site auto`` trace, the key
+    statistics and the edit cases all run there; returns the merged ``RunResult``."""
+    from lalm_interp.evaluation.runs import evaluate, known_filter, worker_info
+    from lalm_interp.loading import resolve_source
+
+    if not executor.in_process:
+        say(f"starting {executor!r}")
+    if args.site and auto_streams(args.method, args.site) is None:  # fail early on a bad site, with the closest one
+        executor.map(site_check, [{"sites": args.site, "editor": make_editor(args)}])
+    info = executor.map(worker_info, [{}])[0]
     cases = fitting(cases, info["window"], meta, say)
     if args.known_only:
-        ok = known_sharded(executor, [c.request.prompt for c in cases])
+        ok = known_filter(executor, [c.request.prompt for c in cases])
         cases = [c for c, k in zip(cases, ok) if k]
     cases = select_targets(args, cases)
+    sites = choose_sites(args, executor, info, cases, str(args.model), say, meta)  # before --limit
     if args.limit:
         cases = cases[: args.limit]
+    editor = make_editor(args, sites)
+    info = executor.map(worker_info, [{"editor": editor}])[0]  # its sites resolved on the model
     say(f"{len(cases)} cases, method {args.method}, sites {editor.site_spec}")
-    corpus = key_corpus(args, bench, say) if needs_stats(editor) else None
-    source = args.model if args.model == "tiny-random" else resolve(args.model)[0]
-    meta.update(model_source=source, fingerprint=info["fingerprint"], corpus=corpus.id if corpus is not None else None)
-    return evaluate_sharded(executor, editor, cases, args.out, accumulate=acc, store=store, corpus=corpus,
-                            fingerprint=info["fingerprint"], meta=meta, progress=say)
+    corpus = key_corpus(args, bench, say) if info["stats_sites"] else None
+    meta.update(model_source=resolve_source(args.model).location or str(args.model),
+                fingerprint=info["fingerprint"], corpus=corpus.id if corpus is not None else None)
+    return evaluate(executor, editor, cases, args.out, accumulate=acc, store=store, corpus=corpus,
+                    fingerprint=info["fingerprint"], meta=meta, progress=say)
 
 
 def register(sub) -> None:

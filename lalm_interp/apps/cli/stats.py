@@ -15,12 +15,12 @@ from . import count, start
 
 
 def run(args) -> int:
-    from lalm_interp.cache import SecondMoment, Store
+    from lalm_interp.cache import Store
     from lalm_interp.cache.layout import stats_dir
     from lalm_interp.cache.stats import stats_path
+    from lalm_interp.evaluation.runs import worker_info
+    from lalm_interp.evaluation.stats import key_stats_sharded
     from lalm_interp.executors import ExecutorError, from_cli
-    from lalm_interp.executors.evaluation import model_info
-    from lalm_interp.executors.stats import key_sites
 
     from .edit import key_corpus
 
@@ -36,41 +36,19 @@ def run(args) -> int:
         bench = Benchmark.open(args.bench)
     store = Store(args.cache) if args.cache else Store()
     corpus = key_corpus(args, bench, say)
-    executor = from_cli(args, str(args.model))
     rows = []
-    if executor is not None:
-        from lalm_interp.executors import key_stats_sharded
-
-        with executor:
-            info = executor.map(model_info, [{"sites": args.site}])[0]  # bad sites fail here, on a worker
-            fp = info["fingerprint"]
-            for s in info["key_sites"]:
-                t, cached = time.time(), stats_path(stats_dir(store.root), s, fp, corpus.id).exists()
-                say(f"key statistics at {s} over {corpus.id} ({len(corpus.clips)} clips) on {executor!r}")
-                st = key_stats_sharded(executor, corpus, s, store=store, model=fp, recompute=args.recompute)
-                rows.append((s, st, cached and not args.recompute, time.time() - t))
-    else:
-        from lalm_interp.editors import EditContext
-        from lalm_interp.editors.keys import corpus_keys, key_stats
-
-        from .trace import load_model
-
-        model, processor, adapter = load_model(args.model)
-        ctx = EditContext(model, processor, adapter, store=store, corpus=corpus)
-        fp = ctx.fingerprint
-        for s in key_sites(adapter, args.site):
-            t, cached = time.time(), stats_path(stats_dir(store.root), str(s), fp, corpus.id).exists()
-            say(f"key statistics at {s} over {corpus.id} ({len(corpus.clips)} clips)")
-            if args.recompute:  # the editors' own code path, told to replace what is cached
-                st = store.key_stats(str(s), model=fp, corpus=corpus.id, compute=lambda s=s: corpus_keys(ctx, s),
-                                     recompute=True)
-            else:
-                st = key_stats(ctx, s)
-            rows.append((str(s), st, cached and not args.recompute, time.time() - t))
+    with from_cli(args, str(args.model)) as executor:  # this process by default, Ray workers with --executor ray
+        info = executor.map(worker_info, [{"sites": args.site}])[0]  # bad sites fail here, on a worker
+        fp = info["fingerprint"]
+        where = "" if executor.in_process else f" on {executor!r}"
+        for s in info["key_sites"]:
+            t, cached = time.time(), stats_path(stats_dir(store.root), s, fp, corpus.id).exists()
+            say(f"key statistics at {s} over {corpus.id} ({len(corpus.clips)} clips){where}")
+            st = key_stats_sharded(executor, corpus, s, store=store, model=fp, recompute=args.recompute)
+            rows.append((s, st, cached and not args.recompute, time.time() - t))
     out = {"model": str(args.model), "fingerprint": fp, "corpus": corpus.id, "clips": len(corpus.clips),
            "cache": str(Path(store.root).resolve()), "executor": args.executor, "stats": []}
     for s, st, cached, dt in rows:
-        assert isinstance(st, SecondMoment)
         out["stats"].append({"site": s, "keys": int(st.count), "dim": int(st.dim), "cached_already": cached,
                              "seconds": round(dt, 3), "path": str(stats_path(stats_dir(store.root), s, fp, corpus.id))})
     print(json.dumps(out, indent=2))

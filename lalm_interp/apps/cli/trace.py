@@ -10,15 +10,6 @@ from pathlib import Path
 from . import count
 
 
-def load_model(name: str):
-    """(model, processor, adapter) for a CLI ``--model``: anything :func:`lalm_interp.load` takes
-    (``organism``, ``tiny-random``, a checkpoint folder, a hub id). Name resolution, and the error
-    for an unknown name, are ``lalm_interp.loading``'s: this stays a thin call into it."""
-    import lalm_interp
-
-    return tuple(lalm_interp.load(name))[:3]
-
-
 def read_fact_ids(path: str, bench) -> list[str]:
     """The fact ids listed in ``path``; ids the benchmark does not hold are an error naming them
     (with the closest ids it does hold)."""
@@ -81,14 +72,6 @@ def _run(args) -> int:
         if args.max_window < 1:
             raise SpecError(f"--max-window {args.max_window}: give a window of at least 1 layer.")
         exp = replace(exp, restores=tuple(replace(r, window=min(r.window, args.max_window)) for r in exp.restores))
-    from lalm_interp.executors import from_cli
-
-    executor = from_cli(args, args.model)
-    if executor is None:
-        model, processor, adapter = load_model(args.model)
-        exp.validate(adapter)
-    else:  # the workers load the model (and validate the spec); the driver only schedules and merges
-        model = processor = adapter = None
     bench = Benchmark.open(args.bench)
     fact_ids = None
     if args.facts:
@@ -101,15 +84,15 @@ def _run(args) -> int:
         from lalm_interp.cache import Store
 
         store = Store(args.cache)
-    try:
-        agg = run_experiment(model, processor, adapter, prompts, exp, args.out,
+    from lalm_interp.executors import from_cli
+
+    # the executor loads the model (in this process, or on each Ray worker) and validates the spec there
+    with from_cli(args, args.model) as executor:
+        agg = run_experiment(None, None, None, prompts, exp, args.out,
                              provenance={"model": args.model, "dataset": str(args.bench),
                                          "benchmark": benchmark_id(args.bench)}, store=store,
                              progress=not args.no_progress, executor=executor,
                              shard_size=getattr(args, "shard_size", None), new_run=args.new_run)
-    finally:
-        if executor is not None:
-            executor.close()
     import numpy as np
 
     summary = {

@@ -31,10 +31,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from .editors.base import EditContext, Editor, EditorError, EditRequest
-from .errors import LalmInterpError
-from .inputs import DEFAULT_INSTRUCTION, build_inputs, place, window_samples
-from .scoring import (
+from ..bench.store import atomic_write_json
+from ..editors.base import EditContext, Editor, EditorError, EditRequest
+from ..errors import LalmInterpError
+from ..inputs import DEFAULT_INSTRUCTION, build_inputs, place, window_samples
+from ..scoring import (
     object_prefix,
     object_token_ids,
     score_objects,
@@ -307,8 +308,6 @@ class RunResult:
                 "cases": self.records, "edits": self.edits}
 
     def save(self, out: "str | Path") -> Path:
-        from .bench.store import atomic_write_json
-
         path = Path(out) / RESULT_FILE
         atomic_write_json(path, self.to_json())
         return path
@@ -341,7 +340,7 @@ def run(editor: Editor, ctx: EditContext, cases: Sequence[EditCase], *, accumula
     :func:`score_before` on the same (unedited) model and cases, reused instead of rescored.
     ``on_case(i, record, edit, edit_seconds)`` is called once case ``i``'s record is final (reset:
     right after its edit is reverted; accumulate: once every edit is reverted), e.g. to write it
-    to a file (the sharded evaluation of ``lalm_interp.executors`` does)."""
+    to a file (``lalm_interp.evaluation.runs.eval_shard`` does)."""
     acc = editor.accumulates if accumulate is None else bool(accumulate)
     say = progress or (lambda s: None)
     editor.reset()
