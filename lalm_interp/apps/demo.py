@@ -7,9 +7,10 @@ Stages (each resumable; outputs in one folder):
 2. **known filter** — keep facts whose first object token is the model's top-1 prediction;
 3. **tracing** — the paper's Figure 2 (hidden / MLP / attention restorations in audio and text
    layers at the first/last subject word, last word, last token) over the known facts, and one
-   example's every-frame heatmap drawn over its spectrogram;
+   example's every-frame heatmap drawn over its spectrogram (``plans.figure2_experiment``,
+   ``plans.heatmap_experiment``);
 4. **editing** — the editors of the paper's Table 1 (FT, single-layer, multi-layer × Audio / Text /
-   Multi), evaluated with ES / PS / NS / Score against an unedited baseline;
+   Multi; ``plans.table1_plan``), evaluated with ES / PS / NS / Score against an unedited baseline;
 5. **report** — ``index.html`` (self-contained: plots, table, playable clip), ``table1.md``,
    ``results.json`` and the NetCDF tracing results.
 """
@@ -24,10 +25,21 @@ from typing import Any
 
 import numpy as np
 
-from ..specs import Corrupt, Experiment, Restore
-
-AUDIO_SPANS = ("first_subject_word", "last_subject_word", "last_word")
-TEXT_SPANS = AUDIO_SPANS + ("last_token",)
+from .. import load, plans
+from ..bench import Benchmark, build
+from ..bench.select import filter_known
+from ..executors import LocalExecutor
+from ..inputs import window_samples
+from ..interventions.results import read_example
+from ..known import known_scorer
+from ..loading import resolve
+from ..organism.export import recipe_of
+from ..organism.facts import choose_facts
+from ..tracing.plots import plot_heatmap_over_spectrogram
+from ..tracing.run import prompts_from_bench, run_experiment
+from ..tracing.shards import example_path
+from . import report
+from .report import fmt, write_text
 
 
 @dataclass(frozen=True)
@@ -63,28 +75,6 @@ class DemoConfig:
         return cls(**base)
 
 
-def figure2_experiment(window: int, seed: int = 0) -> Experiment:
-    corrupt = Corrupt(at="audio.conv2", span="subject", noise="gaussian", scale=3.0, seed=seed)
-    return Experiment(
-        "figure2",
-        corrupt=corrupt,
-        restores=tuple(
-            Restore(f"{s}.layers.*.{k}", window=window, positions=AUDIO_SPANS if s == "audio" else TEXT_SPANS)
-            for s in ("audio", "text")
-            for k in ("resid", "mlp", "attn")
-        ),
-    )
-
-
-def heatmap_experiment(seed: int = 0) -> Experiment:
-    return Experiment(
-        "heatmap",
-        corrupt=Corrupt(seed=seed),
-        restores=(Restore("audio.layers.*.resid", window=1, positions="each", name="audio.resid.each"),
-                  Restore("text.layers.*.resid", window=1, positions="each", name="text.resid.each")),
-    )
-
-
 class Stages:
     """Runs and times the demo's stages; prints a line per stage."""
 
@@ -101,10 +91,6 @@ class Stages:
 
 
 def _facts_and_recipe(model_name: str, n_facts: int):
-    from ..loading import resolve
-    from ..organism.export import recipe_of
-    from ..organism.facts import choose_facts
-
     path, _ = resolve(model_name)
     recipe = recipe_of(path)
     facts = choose_facts(recipe)
@@ -112,8 +98,6 @@ def _facts_and_recipe(model_name: str, n_facts: int):
 
 
 def build_bench(cfg: DemoConfig, facts, rendition: str):
-    from ..bench import Benchmark, build
-
     out = Path(cfg.out) / "bench"
     build(facts, out, renditions=[rendition], forms=("prompt", "subject", "paraphrase", "neighbourhood"),
           max_neighbours=1, max_paraphrases=1, progress=True, source="demo")
@@ -123,27 +107,26 @@ def build_bench(cfg: DemoConfig, facts, rendition: str):
 def known_facts(model, processor, adapter, bench, instruction: str) -> tuple[list[str], int]:
     """(facts whose edit prompt fits the encoder window and whose first object token is top-1, the
     number of edit prompts left out because they are longer than the window — never truncated)."""
-    from ..bench.select import filter_known
-    from ..inputs import window_samples
-    from ..known import known_scorer
-
     window = window_samples(adapter)
     prompts = [it for it in bench.select(form="prompt") if it.n_samples <= window]
     kf = filter_known(prompts, known_scorer(model, processor, adapter, instruction=instruction))
     return list(kf.known_facts), len(bench.select(form="prompt")) - len(prompts)
 
 
-def trace(cfg: DemoConfig, model, processor, adapter, bench, known: list[str], instruction: str):
-    from ..tracing.run import prompts_from_bench, run_experiment
-
+def trace(cfg: DemoConfig, model, processor, adapter, bench, known: list[str], instruction: str,
+          executor: Any = None):
+    """Figure 2 (``plans.figure2_experiment``) over the known facts, and the every-frame heatmap
+    (``plans.heatmap_experiment``) of the first one, on ``executor`` (default: this process)."""
     prompts = [replace(p, instruction=instruction)
                for p in prompts_from_bench(bench, limit=cfg.n_trace, fact_ids=known)]
     if not prompts:
         raise RuntimeError("no known facts to trace; the model knows none of the demo facts.")
-    agg = run_experiment(model, processor, adapter, prompts, figure2_experiment(cfg.window, cfg.seed),
-                         Path(cfg.out) / "trace", provenance={"model": cfg.model, "dataset": "demo"})
-    hm = run_experiment(model, processor, adapter, prompts[:1], heatmap_experiment(cfg.seed),
-                        Path(cfg.out) / "heatmap", provenance={"model": cfg.model, "dataset": "demo"})
+    exp = plans.figure2_experiment(plans.figure2_window(adapter, cfg.window), cfg.seed)
+    agg = run_experiment(model, processor, adapter, prompts, exp, Path(cfg.out) / "trace",
+                         provenance={"model": cfg.model, "dataset": "demo"}, executor=executor)
+    hm = run_experiment(model, processor, adapter, prompts[:1], plans.heatmap_experiment(cfg.seed),
+                        Path(cfg.out) / "heatmap", provenance={"model": cfg.model, "dataset": "demo"},
+                        executor=executor)
     return agg, hm, prompts
 
 
@@ -178,19 +161,7 @@ def peaks(agg) -> dict[str, dict[str, Any]]:
 KIND_WORDS = {"resid": "hidden state", "mlp": "MLP", "attn": "attention"}
 
 
-def _layers_text(sites: list[str]) -> str:
-    """``["audio.layers.1.mlp.down", "text.layers.2.mlp.down"]`` → ``audio 1 · text 2``."""
-    by: dict[str, list[str]] = {}
-    for s in sites:
-        parts = str(s).split(".")
-        if len(parts) > 2 and parts[1] == "layers":
-            by.setdefault(parts[0], []).append(parts[2])
-        else:
-            by.setdefault(str(s), [])
-    return " · ".join(f"{k} {','.join(v)}".strip() for k, v in by.items()) or "–"
-
-
-def _span_text(span: str) -> str:
+def span_text(span: str) -> str:
     """``first_subject_word = last_subject_word`` → ``first = last subject word``."""
     parts = [p.strip() for p in span.split("=")]
     if parts == ["first_subject_word", "last_subject_word"]:
@@ -206,8 +177,6 @@ def best_row(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
 def findings(summary: dict[str, Any]) -> str:
     """The page's opening paragraph, generated from the results: the corruption's effect, the peak
     layer per stream and module, the best editor against the unedited model."""
-    from .report import fmt
-
     tr = summary.get("trace", {})
     parts = [f"Corrupting the subject's audio drops P(object) from {fmt(tr.get('p_clean'), 3)} to "
              f"{fmt(tr.get('p_corrupt'), 3)} (mean over n={tr.get('examples', 0)} known facts)."]
@@ -219,7 +188,7 @@ def findings(summary: dict[str, Any]) -> str:
             if st != stream:
                 continue
             bits.append(f"{KIND_WORDS.get(kind, kind)} layer {p['layer']} "
-                        f"({_span_text(p['span'])}, AIE {fmt(p['aie'], 2)})")
+                        f"({span_text(p['span'])}, AIE {fmt(p['aie'], 2)})")
         if bits:
             name = "audio encoder" if stream == "audio" else "text decoder"
             parts.append(f"In the {name}, restoring helps most at: " + "; ".join(bits) + ".")
@@ -230,7 +199,7 @@ def findings(summary: dict[str, Any]) -> str:
         n = best.get("n_cases")
         parts.append(
             f"Best editor: {best['modality']} {best['method']} ({best.get('editor', '?')} at "
-            f"{_layers_text(best.get('sites', []))}), Score {fmt(best['score'])} (ES {fmt(best.get('es'))}, "
+            f"{plans.layers_text(best.get('sites', []))}), Score {fmt(best['score'])} (ES {fmt(best.get('es'))}, "
             f"PS {fmt(best.get('ps'))}, NS {fmt(best.get('ns'))})"
             + (f" against {fmt(base.get('score'))} unedited" if base else "")
             + (f", over n={n} edit cases." if n is not None else "."))
@@ -266,7 +235,7 @@ def table1_table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[Any]]
     body = []
     for r in rows:
         dw = r.get("dW_rel_median")
-        cells = [r.get("modality", ""), r.get("method", ""), r.get("editor", "-"), _layers_text(r.get("sites") or []),
+        cells = [r.get("modality", ""), r.get("method", ""), r.get("editor", "-"), plans.layers_text(r.get("sites") or []),
                  r.get("n_cases"), r.get("score"), r.get("es"), r.get("ps"), r.get("ns")]
         for k, _ in extra:
             v = r.get(k)
@@ -277,8 +246,6 @@ def table1_table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[Any]]
 
 def run_table(cfg: "DemoConfig", summary: dict[str, Any]) -> str:
     """The "Run" section: what ran and how long each stage took, as a small table."""
-    from . import report
-
     st = summary.get("stages_s", {})
     items: list[tuple[str, object]] = [
         ("model", cfg.model), ("voice (rendition)", summary.get("rendition", "")),
@@ -292,18 +259,12 @@ def run_table(cfg: "DemoConfig", summary: dict[str, Any]) -> str:
 
 
 def spectrogram_heatmap(cfg: DemoConfig, prompt) -> Path:
-    import xarray as xr
-
-    from ..tracing.plots import plot_heatmap_over_spectrogram
-    from ..atomic import safe_name as _safe
-
-    ds = xr.load_dataset(Path(cfg.out) / "heatmap" / "examples" / f"{_safe(prompt.id)}.nc", engine="h5netcdf")
-    return plot_heatmap_over_spectrogram(ds, "audio.resid.each", prompt.audio, Path(cfg.out) / "heatmap_spectrogram")[0]
+    """The first traced example's every-frame audio heatmap drawn over its spectrogram."""
+    result = read_example(example_path(Path(cfg.out) / "heatmap", prompt.id))
+    return plot_heatmap_over_spectrogram(result, "audio.resid.each", prompt.audio, Path(cfg.out) / "heatmap_spectrogram")[0]
 
 
 def write_report(cfg: DemoConfig, summary: dict[str, Any], table_md: str, prompt) -> Path:
-    from . import report
-
     out = Path(cfg.out)
     t = summary.get("table1_rows", [])
     tr = summary["trace"]
@@ -344,28 +305,30 @@ def prompt_text(prompt) -> str:
     return " ".join(w.text for w in prompt.words)
 
 
-def run(cfg: DemoConfig, *, edit_fn=None) -> dict[str, Any]:
-    """Run the demo; returns the summary written to ``results.json``."""
+def run(cfg: DemoConfig, *, edit_fn=None, executor: Any = None) -> dict[str, Any]:
+    """Run the demo; returns the summary written to ``results.json``. ``edit_fn``: the editing
+    stage (``demo_edits.table1``; ``None`` skips it). ``executor``: where tracing and editing run
+    (default: this process, :class:`~lalm_interp.executors.LocalExecutor` on the loaded model)."""
     import torch
-
-    from .. import load
 
     torch.manual_seed(cfg.seed)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     st = Stages()
     model, processor, adapter = st.run("load model", lambda: tuple(load(cfg.model)))
+    executor = (executor if executor is not None else LocalExecutor()).bind((model, processor, adapter))
     facts, recipe = _facts_and_recipe(cfg.model, cfg.n_facts)
     rendition = cfg.rendition or recipe.train_renditions[0]
     bench = st.run("benchmark (espeak-ng)", build_bench, cfg, facts, rendition)
     known, too_long = st.run("known filter", known_facts, model, processor, adapter, bench, recipe.instruction)
-    agg, hm, prompts = st.run("causal tracing", trace, cfg, model, processor, adapter, bench, known, recipe.instruction)
+    agg, hm, prompts = st.run("causal tracing", trace, cfg, model, processor, adapter, bench, known, recipe.instruction,
+                              executor)
     st.run("heatmap over spectrogram", spectrogram_heatmap, cfg, prompts[0])
     table_rows: list[dict[str, Any]] = []
     table_md = ""
     if edit_fn is not None:
         table_rows, table_md = st.run("editing (Table 1)", edit_fn, cfg, model, processor, adapter, bench, known,
-                                      recipe)
+                                      recipe, executor=executor)
     summary = {
         "config": asdict(cfg),
         "rendition": rendition,
@@ -378,7 +341,6 @@ def run(cfg: DemoConfig, *, edit_fn=None) -> dict[str, Any]:
         "table1_rows": table_rows,
         "stages_s": st.times,
     }
-    from .report import write_text
 
     write_text(out / "table1.md", table_md or "(editing not run)\n")
     write_text(out / "results.json", json.dumps(summary, indent=2))

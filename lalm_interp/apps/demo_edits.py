@@ -5,12 +5,16 @@ Layer choice (the paper picks layers by AIE per word position; see ``docs/usage/
 Table 2): each stream's layers are the top AIE layers of its MLP family **at the position the
 editors key at** (their default ``key_span="auto"``): audio layers at ``last_subject_word`` (the
 subject word's encoder frames), text layers at ``last_token`` (on the organism the text MLPs'
-effect peaks at the last token, not at the subject's audio tokens). Single-layer edits use the
-top-1 layer, multi-layer edits the top-3 (sorted). The edit prompts are keyed on the last subject
+effect peaks at the last token, not at the subject's audio tokens) — ``plans.layer_spans(keyed=True)``;
+``reproduce table1`` reads both streams at the subject word instead (the paper protocol; why the
+two differ: ``lalm_interp/plans.py``). The rows, their editors and their order are
+``plans.table1_plan``: single-layer edits use the top-1 layer, multi-layer edits the top-3 (sorted). The edit prompts are keyed on the last subject
 word (``WORD``). Hyper-parameters: the model's default preset
 (``editors.presets.default_preset``: ``"organism"`` for the organism, ``"paper"`` for a real
-Qwen2-Audio checkpoint), recorded in every row. The unedited baseline is scored once and shared by all nine rows; key statistics
-are computed once per site and cached in ``<out>/cache``. The stage runs torch on one thread
+Qwen2-Audio checkpoint), recorded in every row. Each row runs through the executor
+(``evaluation.runs.evaluate``; default: this process), one file per finished case under
+``<out>/edits/<row>/cases/`` so a rerun resumes; key statistics are computed once per site and
+cached in ``<out>/cache``. The stage runs torch on one thread
 (two OpenMP threads on a shared 2-core machine stalled each other, see the organism recipe).
 """
 
@@ -21,49 +25,31 @@ from typing import Any
 
 import xarray as xr
 
+from .. import evaluation, plans
+from ..bench.corpus import SYNTH_N, corpus_id, protected_corpus
+from ..cache import Store
+from ..editors import EditContext, KeyCorpus, presets
+from ..evaluation.runs import evaluate
+from ..executors import LocalExecutor
+
 WORD = "last"
-SPAN = "last_subject_word"
-SPANS = {"audio": "last_subject_word", "text": "last_token"}
-"""The tracing span each stream's layers are chosen at (where the editors key by default)."""
+SPAN = plans.word_span(WORD)
+SPANS = plans.layer_spans(WORD, keyed=True)
+"""The tracing span each stream's layers are chosen at (where the editors key by default):
+``plans.layer_spans(keyed=True)``; ``SPAN`` when an older trace lacks it."""
 
 
-def choose_layers(agg: xr.Dataset, stream: str, k: int) -> list[int]:
-    from ..tracing.select import top_layers
-
-    span = SPANS[stream]
-    if span not in agg["span"].values:  # an older trace without the last-token span
-        span = SPAN
-    return top_layers(agg, f"{stream}.mlp", span, k)
+def table1_plan(agg: xr.Dataset) -> plans.Plan:
+    """The nine Table-1 rows (``plans.table1_plan``) with layers chosen from the demo's trace ``agg``."""
+    return plans.table1_plan(plans.aie_layers(agg, SPANS, fallback=SPAN))
 
 
-def table1_plan(agg: xr.Dataset) -> list[tuple[str, str, list[str]]]:
-    """(row label, editor name, sites) for the nine Table-1 rows."""
-    a1, t1 = choose_layers(agg, "audio", 1)[0], choose_layers(agg, "text", 1)[0]
-    a3 = choose_layers(agg, "audio", 3)
-    t3 = choose_layers(agg, "text", 3)
-    A = lambda ls: [f"audio.layers.{l}.mlp.down" for l in ls]  # noqa: E731
-    T = lambda ls: [f"text.layers.{l}.mlp.down" for l in ls]  # noqa: E731
-    return [
-        ("FT", "finetune", A([a1])),
-        ("Single-layer", "rome", A([a1])),
-        ("Multi-layer", "alphaedit", A(a3)),
-        ("FT", "finetune", T([t1])),
-        ("Single-layer", "rome", T([t1])),
-        ("Multi-layer", "alphaedit", T(t3)),
-        ("FT", "finetune", A([a1]) + T([t1])),
-        ("Single-layer", "crossmodal", A([a1]) + T([t1])),
-        ("Multi-layer", "crossmodal-alphaedit", A(a3) + T(t3)),
-    ]
-
-
-def table1(cfg: Any, model, processor, adapter, bench, known: list[str], recipe) -> tuple[list[dict], str]:
-    """Run the nine rows; returns (rows for results.json, the Markdown table)."""
+def table1(cfg: Any, model, processor, adapter, bench, known: list[str], recipe, *,
+           executor: Any = None) -> tuple[list[dict], str]:
+    """Run the nine rows of :func:`table1_plan` on ``executor`` (default: this process); returns
+    (rows for results.json, the Markdown table)."""
     import torch
     from tqdm.auto import tqdm
-
-    from .. import evaluation
-    from ..bench.corpus import SYNTH_N, corpus_id, protected_corpus
-    from ..editors import EditContext, KeyCorpus, make, presets
 
     out = Path(cfg.out)
     agg = xr.load_dataset(out / "trace" / "aie.nc", engine="h5netcdf")
@@ -72,7 +58,6 @@ def table1(cfg: Any, model, processor, adapter, bench, known: list[str], recipe)
     exclude = [c.request.prompt.id for c in cases]
     n = getattr(cfg, "corpus_n", SYNTH_N)
     utts = protected_corpus(None, n=n, fallback_dir=out / f"protected_corpus-{n}", exclude=exclude)
-    from ..cache import Store
 
     ctx = EditContext(model, processor, adapter, store=Store(out / "cache"),
                       corpus=KeyCorpus(corpus_id(utts, "demo-synth"), utts, instruction=recipe.instruction))
@@ -80,15 +65,15 @@ def table1(cfg: Any, model, processor, adapter, bench, known: list[str], recipe)
     rows = []
     plan = table1_plan(agg)
     preset = presets.default_preset(model, adapter)
+    ex = (executor if executor is not None else LocalExecutor()).bind((model, processor, adapter))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        before = evaluation.score_before(ctx, cases)  # the unedited model: scored once for all rows
-        for label, name, sites in tqdm(plan, desc="Table 1", unit="row"):
-            editor = make(name, sites, preset=preset)
-            res = evaluation.run(editor, ctx, cases, before=before,
-                                 meta={"model": cfg.model, "bench": str(out / "bench")})
-            _row(res, editor, label, name, sites, out, results, rows)
+        for row in tqdm(plan, desc="Table 1", unit="row"):
+            editor = row.build(preset)
+            res = evaluate(ex, editor, cases, out / "edits" / row.folder, store=ctx.store, corpus=ctx.corpus,
+                           fingerprint=ctx.fingerprint, meta={"model": cfg.model, "bench": str(out / "bench")})
+            _row(res, editor, row, out, results, rows)
     finally:
         torch.set_num_threads(threads)
     md = evaluation.table(results)
@@ -98,11 +83,9 @@ def table1(cfg: Any, model, processor, adapter, bench, known: list[str], recipe)
     return rows, md
 
 
-def _row(res, editor, label: str, name: str, sites: list[str], out: Path, results: list, rows: list) -> None:
-    from .. import evaluation
-
-    mod = evaluation.modality(sites)
-    dest = out / "edits" / f"{mod}-{label}".replace(" ", "_")
+def _row(res, editor, row: plans.Row, out: Path, results: list, rows: list) -> None:
+    label, name, sites, mod = row.label, row.editor, list(row.sites), row.modality
+    dest = out / "edits" / row.folder
     res.save(dest)
     doc = res.to_json()
     own = getattr(editor, "label", label)

@@ -6,8 +6,9 @@
   the AIE curves (the demo's outputs: ``trace/aie.nc``, ``trace/figure2.png`` …).
 * ``table1`` — speak CounterFact, filter known facts, build the edit set of ``K`` known + ``M``
   random cases (paper: 200 + 300, seeded), trace to choose layers (top-1 AIE MLP layer per stream
-  at the keyed word for single-layer edits, top-3 for multi-layer; or ``--audio-layers`` /
-  ``--text-layers``), run the nine Table-1 rows and write ``table1.md`` + per-row results.
+  at the subject word the edits key on, ``--word``, for single-layer edits, top-3 for multi-layer;
+  or ``--audio-layers`` / ``--text-layers``), run the nine Table-1 rows and write ``table1.md`` +
+  per-row results.
 * ``table2`` — the layer-selection study: for each word position (first / last subject word) and
   k ∈ {1, 2, 3}, the top-k AIE layers of each stream, edited with single-layer (k = 1) or
   multi-layer (k > 1) editors; writes ``table2.md``. The cross-modal rows come with their
@@ -17,9 +18,13 @@
   the audio row).
 
 Every stage writes into ``--out`` and is resumable (the benchmark reuses its clips, tracing skips
-completed examples, editing rows with a ``result.json`` are skipped). With an executor
-(``--executor ray``) tracing shards, each editing row's key statistics and its edit cases run on
-the workers (docs/usage/scale-out.md); without one everything runs in this process.
+completed examples, editing rows with a ``result.json`` are skipped). Everything runs on the
+executor given to :func:`run` (``--executor``; default: this process); on Ray (``--executor ray``)
+tracing shards, each editing row's key statistics and its edit cases run on the workers
+(docs/usage/scale-out.md).
+
+The plans themselves (Figure 2's experiment, Table 1's and Table 2's rows, how layers are chosen)
+are defined once in :mod:`lalm_interp.plans`; this module runs them.
 """
 
 from __future__ import annotations
@@ -30,6 +35,19 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import xarray as xr
+
+from .. import evaluation, load, plans
+from ..bench import Benchmark, build, load_facts
+from ..bench.corpus import corpus_id, protected_corpus
+from ..bench.select import build_edit_set
+from ..cache import Store
+from ..editors import EditContext, KeyCorpus, presets
+from ..evaluation.runs import evaluate
+from ..executors import LocalExecutor
+from ..specs import SpecError
+from ..tracing.run import prompts_from_bench, run_experiment
+from ..tracing.select import top_layers
+from .demo import known_facts, peak_layers
 
 CONFIGS = ("figure2", "table1", "table2")
 
@@ -78,8 +96,6 @@ class ReproduceConfig:
 
 
 def _stage_bench(cfg: ReproduceConfig, source: str):
-    from ..bench import Benchmark, build, load_facts
-
     facts = load_facts(source, cfg.data, limit=cfg.limit)
     forms = ("prompt", "subject") if source == "known1000" else ("prompt", "subject", "paraphrase", "neighbourhood")
     out = Path(cfg.out) / "bench"
@@ -87,51 +103,23 @@ def _stage_bench(cfg: ReproduceConfig, source: str):
     return Benchmark.open(out)
 
 
-
-
-def _trace(cfg: ReproduceConfig, model, processor, adapter, bench, known: Sequence[str]):
-    from .demo import figure2_experiment
-    from ..tracing.run import prompts_from_bench, run_experiment
-
-    window = min(cfg.window, adapter.n_layers("audio"), adapter.n_layers("text"))
+def _trace(cfg: ReproduceConfig, model, processor, adapter, bench, known: Sequence[str], executor: Any = None):
     prompts = [replace(p, instruction=cfg.instruction)
                for p in prompts_from_bench(bench, limit=cfg.n_trace, fact_ids=list(known))]
-    return run_experiment(model, processor, adapter, prompts, figure2_experiment(window, cfg.seed),
-                          Path(cfg.out) / "trace", provenance={"model": cfg.model, "dataset": str(cfg.data or "shipped")})
+    exp = plans.figure2_experiment(plans.figure2_window(adapter, cfg.window), cfg.seed)
+    return run_experiment(model, processor, adapter, prompts, exp, Path(cfg.out) / "trace",
+                          provenance={"model": cfg.model, "dataset": str(cfg.data or "shipped")}, executor=executor)
 
 
-Row = tuple  # (label, editor name, sites) or (label, editor name, sites, overrides)
-
-
-def _editor(row: Row, preset: str) -> Any:
-    """The editor of a plan row in ``preset``; overrides ``{"audio_stage_of": cross-modal name,
-    "text_sites": [...]}`` build the cross-modal editor's own audio stage (its ``audio``
-    hyper-parameters) alone."""
-    from ..editors import make
-
-    label, name, sites, *rest = row
-    kw = dict(rest[0]) if rest else {}
-    cross = kw.pop("audio_stage_of", None)
-    if cross:
-        return make(name, sites, make(cross, sites + kw.pop("text_sites"), preset=preset).hparams.audio, **kw)
-    return make(name, sites, preset=preset, **kw)
-
-
-def _edit_rows(cfg: ReproduceConfig, model, processor, adapter, bench, case_ids: Sequence[str],
-               plan: Sequence[Row], folder: str) -> list[dict[str, Any]]:
-    """Run the editing rows of ``plan`` (label, editor name, sites[, hyper-parameter overrides]).
-    A row whose editor (name, sites, hyper-parameters) equals an earlier row's reuses its result.
-    With an executor (``executors.using``, ``--executor ray``) each row's key statistics are
-    computed in corpus chunks on the workers and its edit cases are spread over them
-    (accumulating rows as one shard); the in-process path is unchanged."""
-    import json as _json
-
+def edit_rows(cfg: ReproduceConfig, model, processor, adapter, bench, case_ids: Sequence[str],
+              plan: Sequence[plans.Row], folder: str, *, executor: Any = None) -> list[dict[str, Any]]:
+    """Run the editing rows of ``plan`` (:class:`~lalm_interp.plans.Row` s, or their tuple form) on
+    ``executor`` (default: a :class:`~lalm_interp.executors.LocalExecutor` on the loaded model).
+    A row whose editor (name, sites, hyper-parameters) equals an earlier row's reuses its result;
+    a row whose folder holds a ``result.json`` is not run again. On a Ray executor each row's key
+    statistics are computed in corpus chunks on the workers and its edit cases are spread over them
+    (accumulating rows as one shard)."""
     from tqdm.auto import tqdm
-
-    from .. import evaluation, executors
-    from ..bench.corpus import corpus_id, protected_corpus
-    from ..cache import Store
-    from ..editors import EditContext, KeyCorpus
 
     out = Path(cfg.out)
     cases = evaluation.cases_from_benchmark(bench, word=cfg.word, fact_ids=list(case_ids),
@@ -144,90 +132,61 @@ def _edit_rows(cfg: ReproduceConfig, model, processor, adapter, bench, case_ids:
         cid = corpus_id(utts)
     ctx = EditContext(model, processor, adapter, store=Store(out / "cache"),
                       corpus=KeyCorpus(cid, utts, instruction=cfg.instruction))
-    from ..editors import presets
-
     preset = cfg.preset or presets.default_preset(model, adapter)
-    ex = executors.current()
-    if isinstance(ex, executors.LocalExecutor):
-        ex = ex.with_state((model, processor, adapter))
+    ex = (executor if executor is not None else LocalExecutor()).bind((model, processor, adapter))
     docs = []
     seen: dict[str, dict[str, Any]] = {}
-    for row in tqdm(plan, desc=folder, unit="row"):
-        label, sites = row[0], row[2]
-        editor = _editor(row, preset)
-        same = _json.dumps(editor.describe(), sort_keys=True, default=str)
+    for row in tqdm([plans.Row.of(r) for r in plan], desc=folder, unit="row"):
+        editor = row.build(preset)
+        same = json.dumps(editor.describe(), sort_keys=True, default=str)
         if same in seen:
             docs.append(seen[same])
             continue
-        mod = evaluation.modality(sites)
-        dest = out / folder / f"{mod}-{label}".replace(" ", "_")
+        dest = out / folder / row.folder
         if (dest / evaluation.RESULT_FILE).exists():
             docs.append(evaluation.load_result(dest / evaluation.RESULT_FILE))
         else:
             meta = {"model": cfg.model, "bench": str(out / "bench"), "preset": preset, "corpus": cid}
-            if ex is None:
-                res = evaluation.run(editor, ctx, cases, meta=meta)
-            else:
-                res = executors.evaluate_sharded(ex, editor, cases, dest, store=ctx.store, corpus=ctx.corpus,
-                                                 fingerprint=ctx.fingerprint, meta=meta)
+            res = evaluate(ex, editor, cases, dest, store=ctx.store, corpus=ctx.corpus,
+                           fingerprint=ctx.fingerprint, meta=meta)
             res.save(dest)
             docs.append(res.to_json())
         seen[same] = docs[-1]
     return docs
 
 
-TABLE2_VARIANTS = ("audio", "text", "driven", "undriven", "audio stage alone")
-"""The rows of ``reproduce table2`` per (word position, k): the audio editor, the text editor,
-the cross-modal editor (driven: the paper's method), the cross-modal editor with ``drive=False``,
-and the cross-modal editor's audio stage alone."""
+def layer_chooser(cfg: ReproduceConfig, agg: xr.Dataset) -> plans.LayerChooser:
+    """Table 1's layers: the top-k AIE MLP layers of each stream at the subject word the edits key
+    on (the paper protocol, ``plans.layer_spans(word)``), or ``--audio-layers`` / ``--text-layers``."""
+    return plans.aie_layers(agg, plans.layer_spans(cfg.word),
+                            explicit={"audio": cfg.audio_layers, "text": cfg.text_layers})
 
 
-def table2_plan(layers: Any) -> list[tuple[str, str, list[str], Row]]:
-    """``[(word span, k, variant, row)]`` of ``reproduce table2``; ``layers(stream, span, k)`` gives
-    the top-k AIE layers of a stream at a word span."""
-    A = lambda ls: [f"audio.layers.{l}.mlp.down" for l in ls]  # noqa: E731
-    T = lambda ls: [f"text.layers.{l}.mlp.down" for l in ls]  # noqa: E731
-    plan = []
-    for sp in ("first_subject_word", "last_subject_word"):
-        for k in (1, 2, 3):
-            a, t = A(layers("audio", sp, k)), T(layers("text", sp, k))
-            single, cross = ("rome", "crossmodal") if k == 1 else ("alphaedit", "crossmodal-alphaedit")
-            label = f"{sp} top-{k}"
-            plan += [(sp, str(k), "audio", (label, single, a)),
-                     (sp, str(k), "text", (label, single, t)),
-                     (sp, str(k), "driven", (label, cross, a + t)),
-                     (sp, str(k), "undriven", (f"{label} undriven", cross, a + t, {"drive": False})),
-                     (sp, str(k), "audio stage alone", (f"{label} audio stage", single, a,
-                                                        {"audio_stage_of": cross, "text_sites": t}))]
-    return plan
+def table2_markdown(plan: Sequence[plans.Row], docs: Sequence[dict[str, Any]]) -> str:
+    """``table2.md``: one line per row of :func:`lalm_interp.plans.table2_plan` and its result."""
+    f = lambda x: "–" if x is None else f"{x:.2f}"  # noqa: E731
+    lines = ["| Word | Top-k | Mod. | Layers | Variant | Score | ES | PS | NS | reached |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for row, d in zip(plan, docs):
+        s = d["summary"]
+        lines.append(f"| {row.span} | {row.k} | {d['mod']} | {', '.join(row.sites)} | {row.variant} | {f(s['Score'])} | "
+                     f"{f(s['ES'])} | {f(s['PS'])} | {f(s['NS'])} | {f(s.get('reached'))} |")
+    return "\n".join(lines) + "\n"
 
 
-def _layers(agg: xr.Dataset, stream: str, span: str, k: int, explicit: tuple[int, ...] | None) -> list[int]:
-    from ..tracing.select import top_layers
-
-    if explicit:
-        return sorted(explicit)[:k] if k < len(explicit) else sorted(explicit)
-    return top_layers(agg, f"{stream}.mlp", span, k)
-
-
-def run(cfg: ReproduceConfig) -> dict[str, Any]:
-    from .. import evaluation, load
-    from ..bench.select import build_edit_set
-    from .demo import known_facts, peak_layers
-
+def run(cfg: ReproduceConfig, *, executor: Any = None) -> dict[str, Any]:
+    """Run ``cfg``'s stages; tracing and editing run on ``executor`` (default: this process,
+    :class:`~lalm_interp.executors.LocalExecutor`). Returns the summary written to ``results.json``."""
     if cfg.config not in CONFIGS:
-        from ..specs import SpecError
-
         raise SpecError(f"unknown configuration {cfg.config!r}; choose one of {list(CONFIGS)}.")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     model, processor, adapter = tuple(load(cfg.model))
+    executor = (executor if executor is not None else LocalExecutor()).bind((model, processor, adapter))
     source = cfg.source if cfg.config == "figure2" else "counterfact"
     bench = _stage_bench(cfg, source)
     known, too_long = known_facts(model, processor, adapter, bench, cfg.instruction)
     if not known:
-        from ..specs import SpecError
-
         raise SpecError(
             f"{cfg.model} knows none of the {len(bench.facts)} {source} facts (top-1 first object token), so "
             "there is nothing to trace or edit. Use more facts (--limit), another --source (the organism "
@@ -235,37 +194,22 @@ def run(cfg: ReproduceConfig) -> dict[str, Any]:
         )
     summary: dict[str, Any] = {"config": cfg.config, "model": cfg.model, "facts": len(bench.facts),
                                "known": len(known), "prompts_longer_than_window": too_long}
-    agg = _trace(cfg, model, processor, adapter, bench, known)
+    agg = _trace(cfg, model, processor, adapter, bench, known, executor)
     summary["trace"] = {"examples": int(agg.sizes["example"]), "p_clean": float(agg["p_clean"].mean()),
                         "p_corrupt": float(agg["p_corrupt"].mean()), "peak_layer": peak_layers(agg)}
     if cfg.config in ("table1", "table2"):
         candidates = sorted({it.fact_id for it in bench.select(form="prompt") if it.target_new})
         es = build_edit_set(candidates, known, k=cfg.k_known, m=cfg.m_random, seed=cfg.seed, allow_fewer=True)
         es.save(out / "edit_set.json")
-        span = "last_subject_word" if cfg.word == "last" else "first_subject_word"
-        A = lambda ls: [f"audio.layers.{l}.mlp.down" for l in ls]  # noqa: E731
-        T = lambda ls: [f"text.layers.{l}.mlp.down" for l in ls]  # noqa: E731
         if cfg.config == "table1":
-            a1, t1 = _layers(agg, "audio", span, 1, cfg.audio_layers), _layers(agg, "text", span, 1, cfg.text_layers)
-            a3, t3 = _layers(agg, "audio", span, 3, cfg.audio_layers), _layers(agg, "text", span, 3, cfg.text_layers)
-            plan = [("FT", "finetune", A(a1)), ("Single-layer", "rome", A(a1)), ("Multi-layer", "alphaedit", A(a3)),
-                    ("FT", "finetune", T(t1)), ("Single-layer", "rome", T(t1)), ("Multi-layer", "alphaedit", T(t3)),
-                    ("FT", "finetune", A(a1) + T(t1)), ("Single-layer", "crossmodal", A(a1) + T(t1)),
-                    ("Multi-layer", "crossmodal-alphaedit", A(a3) + T(t3))]
-            docs = _edit_rows(cfg, model, processor, adapter, bench, es.fact_ids, plan, "edits")
+            plan = plans.table1_plan(layer_chooser(cfg, agg))
+            docs = edit_rows(cfg, model, processor, adapter, bench, es.fact_ids, plan, "edits", executor=executor)
             (out / "table1.md").write_text(evaluation.table(docs) + "\n")
             summary["table"] = "table1.md"
         else:
-            plan = table2_plan(lambda stream, sp, k: _layers(agg, stream, sp, k, None))
-            docs = _edit_rows(cfg, model, processor, adapter, bench, es.fact_ids, [p[3] for p in plan], "table2")
-            lines = ["| Word | Top-k | Mod. | Layers | Variant | Score | ES | PS | NS | reached |",
-                     "|---|---|---|---|---|---|---|---|---|---|"]
-            for (word, k, variant, row), d in zip(plan, docs):
-                s = d["summary"]
-                f = lambda x: "–" if x is None else f"{x:.2f}"  # noqa: E731
-                lines.append(f"| {word} | {k} | {d['mod']} | {', '.join(row[2])} | {variant} | {f(s['Score'])} | "
-                             f"{f(s['ES'])} | {f(s['PS'])} | {f(s['NS'])} | {f(s.get('reached'))} |")
-            (out / "table2.md").write_text("\n".join(lines) + "\n")
+            plan = plans.table2_plan(lambda stream, sp, k: top_layers(agg, f"{stream}.mlp", sp, k))
+            docs = edit_rows(cfg, model, processor, adapter, bench, es.fact_ids, plan, "table2", executor=executor)
+            (out / "table2.md").write_text(table2_markdown(plan, docs))
             summary["table"] = "table2.md"
     (out / "results.json").write_text(json.dumps(summary, indent=2))
     return summary

@@ -78,6 +78,20 @@ def test_outputs_parse_and_touch_every_stage(demo_out):
     assert "http://" not in page and "https://" not in page  # self-contained, no network
 
 
+def test_the_edited_layers_are_the_plans(demo_out):
+    """The demo edits what ``lalm_interp.plans`` says: Table 1's rows in order, with each stream's
+    layers read from the demo's own trace where the editors key (``layer_spans(keyed=True)``)."""
+    from lalm_interp import plans
+
+    res = json.loads((demo_out / "results.json").read_text())
+    agg = xr.load_dataset(demo_out / "trace" / "aie.nc", engine="h5netcdf")
+    plan = plans.table1_plan(plans.aie_layers(agg, plans.layer_spans("last", keyed=True)))
+    assert [(r["modality"], r["method"], r["editor"], r["sites"]) for r in res["table1_rows"][1:]] == [
+        (row.modality, row.label, row.editor, list(row.sites)) for row in plan]
+    for row in plan:
+        assert json.loads((demo_out / "edits" / row.folder / "result.json").read_text())["sites"] == list(row.sites)
+
+
 def _chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser")
 

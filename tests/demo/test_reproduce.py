@@ -38,6 +38,13 @@ def test_table1_protocol(tmp_path):
     assert len(md) == 12 and "Unedited" in md[2]
     es = json.loads((out / "edit_set.json").read_text())
     assert es  # the edit set is recorded
+    # the rows are lalm_interp.plans' Table 1, layers read at the subject word the edits key on
+    from lalm_interp import plans
+
+    agg = xr.load_dataset(out / "trace" / "aie.nc", engine="h5netcdf")
+    for row in plans.table1_plan(plans.aie_layers(agg, plans.layer_spans("last"))):
+        doc = json.loads((out / "edits" / row.folder / "result.json").read_text())
+        assert (doc["method"], doc["sites"]) == (row.editor, list(row.sites)), row
 
 
 @pytest.mark.slow

@@ -25,14 +25,14 @@ def run(args) -> int:
 
 def summary_text(summary: dict) -> str:
     """The closing summary, numbers rounded for reading (``Score 63.42``, ``P_clean 0.878``)."""
-    from lalm_interp.apps.demo import _span_text
+    from lalm_interp.apps.demo import span_text
     from lalm_interp.apps.report import fmt
 
     tr = summary["trace"]
     lines = [f"facts {summary['facts']}, known {summary['known']}, traced {tr['examples']}: "
              f"P_clean {fmt(tr['p_clean'], 3)}, P_corrupt {fmt(tr['p_corrupt'], 3)}"]
     for fam, p in tr.get("peaks", {}).items():
-        lines.append(f"  peak {fam:<12} layer {p['layer']} at {_span_text(p['span'])} (AIE {fmt(p['aie'])})")
+        lines.append(f"  peak {fam:<12} layer {p['layer']} at {span_text(p['span'])} (AIE {fmt(p['aie'])})")
     rows = summary.get("table1_rows") or []
     if rows:
         lines.append("Table 1:")

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from . import count
-
 import json
+
+from . import count
 
 
 def int_list(text: str) -> list[int]:
@@ -31,10 +31,10 @@ def run(args) -> int:
         audio_layers=flat(args.audio_layers), text_layers=flat(args.text_layers),
         preset=args.preset, librispeech=args.librispeech,
     )
-    from lalm_interp.executors import from_cli, using
+    from lalm_interp.executors import from_cli
 
-    with using(from_cli(args, args.model)):  # tracing, key statistics and edit cases run on this executor
-        print(json.dumps(run_reproduce(cfg), indent=2))
+    with from_cli(args, args.model) as ex:  # tracing, key statistics and edit cases run on this executor
+        print(json.dumps(run_reproduce(cfg, executor=ex), indent=2))
     return 0
 
 
