@@ -170,6 +170,29 @@ class Loaded:
         return iter((self.model, self.processor, self.adapter))
 
 
+def is_model_handle(obj: Any) -> bool:
+    """Whether ``obj`` is a model handle: an :class:`~lalm_interp.handle.AudioLM` or anything with
+    ``model``, ``processor`` and ``adapter`` attributes (duck-typed, so engines never import the
+    handle). A bare ``torch.nn.Module`` is not one (it has no ``processor``/``adapter``)."""
+    return all(hasattr(obj, a) for a in ("model", "processor", "adapter")) and not hasattr(obj, "forward")
+
+
+def model_parts(first: Any, processor: Any, adapter: Any, *rest: Any, what: str = "this function") -> tuple:
+    """``(model, processor, adapter, *rest)`` from the two calling forms an engine accepts:
+    ``f(lm, a, b)`` with a model handle (the parts come from the handle and the following arguments
+    shift into ``rest``) or ``f(model, processor, adapter, a, b)``."""
+    if is_model_handle(first):
+        given = (processor, adapter, *rest)
+        n_rest = len(rest)
+        shifted = [g for g in given if g is not None]
+        if len(shifted) > n_rest:
+            raise LoadError(f"{what} got a model handle and {len(shifted)} further positional arguments; "
+                            f"expected {n_rest}. Fix: call {what}(lm, ...) or {what}(model, processor, adapter, ...).")
+        shifted += [None] * (n_rest - len(shifted))
+        return (first.model, first.processor, first.adapter, *shifted)
+    return (first, processor, adapter, *rest)
+
+
 @dataclass(frozen=True)
 class Source:
     """A resolved model name: ``kind`` is ``builtin`` (built in memory: ``tiny-random``), ``local`` (a folder,

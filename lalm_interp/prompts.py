@@ -64,7 +64,7 @@ class SpokenPrompt:
                 "float32), or mix down / convert first (x.mean(axis=channel_axis), int16 / 32768).")
         rate = _rate(self.sample_rate, f"{name}: sample_rate")
         check_samples(x, rate, name=name)
-        object.__setattr__(self, "words", tuple(self.words))
+        object.__setattr__(self, "words", as_words(self.words))  # Word s, also from TTS WordSpan s
         if rate != TOOLKIT_RATE:
             x = resample(x, rate, TOOLKIT_RATE)
             object.__setattr__(self, "sample_rate", TOOLKIT_RATE)

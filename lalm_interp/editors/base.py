@@ -22,6 +22,7 @@ import torch
 
 from ..errors import LalmInterpError, ScoringError, SiteError, SpanError
 from ..inputs import DEFAULT_INSTRUCTION
+from ..loading import is_model_handle
 from ..plugins import Registry
 from ..prompts import SpokenPrompt
 from ..scoring import object_prefix, object_token_ids
@@ -235,13 +236,6 @@ class EditContext:
         store = "None (in memory)" if self.store is None else repr(str(getattr(self.store, "root", self.store)))
         return (f"EditContext(model={type(self.model).__name__}, adapter={getattr(self.adapter, 'name', self.adapter)!r}, "
                 f"fingerprint={self.fingerprint!r}, store={store}, corpus={corpus}, memo={len(self.memo)} entries)")
-
-
-def is_model_handle(obj: Any) -> bool:
-    """Whether ``obj`` is a model handle (duck-typed: ``model``, ``processor`` and ``adapter``
-    attributes, and not itself a ``torch.nn.Module``)."""
-    return (not isinstance(obj, torch.nn.Module)
-            and all(hasattr(obj, a) for a in ("model", "processor", "adapter")))
 
 
 def as_context(target: Any, *, store: Any = None, corpus: KeyCorpus | None = None) -> EditContext:

@@ -21,7 +21,8 @@ from __future__ import annotations
 from typing import Any, Callable, Protocol, Sequence
 
 from ..errors import LalmInterpError
-from ..loading import check_name, load_model
+from ..handle import AudioLM
+from ..loading import check_name, check_spec, model_spec
 
 ShardFn = Callable[[Any, Any], Any]
 
@@ -64,19 +65,29 @@ class Executor(Protocol):
     def close(self) -> None: ...
 
 
-def load_state(model: str, device: str = "auto", dtype: str | None = None) -> tuple[Any, Any, Any]:
-    """``(model, processor, adapter)`` for a model *spec* (never pickled weights): ``tiny-random``,
-    ``organism``, a checkpoint folder or a hub id, loaded by :func:`lalm_interp.loading.load_model`
-    (the one loader). ``device="auto"``: CUDA when this worker sees a GPU, else CPU."""
-    return tuple(load_model(model, device=device, dtype=dtype))[:3]  # type: ignore[return-value]
+def load_state(model: "str | dict[str, Any]", device: str = "auto", dtype: str | None = None) -> AudioLM:
+    """The model handle a worker runs on, rebuilt from a small serialisable model *spec* (never
+    pickled weights): a name or path (``tiny-random``, ``organism``, a checkpoint folder, a hub id;
+    loaded on ``device`` in ``dtype``) or a handle's own :attr:`~lalm_interp.handle.AudioLM.spec`
+    dict (which names its device and dtype). ``device="auto"``: CUDA when this worker sees a GPU,
+    else CPU. The handle unpacks as ``(model, processor, adapter)``, which shard functions use."""
+    if isinstance(model, dict):
+        return AudioLM.from_spec(model)
+    return AudioLM.from_spec(model_spec(model, device=device, dtype=dtype))
 
 
-def check_model_spec(model: str | None) -> None:
+def _spec_name(model: "str | dict[str, Any] | None") -> "str | None":
+    return model.get("name_or_path") if isinstance(model, dict) else model
+
+
+def check_model_spec(model: "str | dict[str, Any] | None") -> None:
     """Check a worker model spec on the driver before any worker starts, so an empty or unknown name
     fails at once (:class:`~lalm_interp.errors.LoadError` with the valid names and the closest one).
     Folders and hub ids are left to the workers, which may see files the driver does not."""
+    if isinstance(model, dict):
+        check_spec(model)
     if model is not None:
-        check_name(model)
+        check_name(_spec_name(model))
 
 
 class LocalExecutor:

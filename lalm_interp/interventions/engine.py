@@ -19,14 +19,14 @@ import xarray as xr
 from ..adapters.base import Adapter
 from ..errors import SpanError
 from ..inputs import PromptBatch, build_inputs, require_rates
-from ..prompts import SpokenPrompt
+from ..loading import model_parts
+from ..prompts import PreparedPrompt, SpokenPrompt
 from ..sites import Site
 from ..spans import SEQ, PositionMap
 from ..specs import Experiment, Restore, SpecError
 from .compile import Compiled, replace_values_from
 from .kinds import Base, KindResult, kind_of
 from .plan import CorruptionPlan, Row, positions_tensor
-from ..prompts import PreparedPrompt
 from .results import FamilyGrid, example_result
 
 
@@ -150,8 +150,8 @@ def validate(exp: Experiment, adapter: Adapter) -> None:
         kind_of(spec).validate(spec, adapter, exp)
 
 
-def trace_example(model: torch.nn.Module, processor: Any, adapter: Adapter, ex: SpokenPrompt, exp: Experiment,
-                  *, replace_audio: np.ndarray | None = None, replace_sample_rate: int | None = None,
+def trace_example(model: Any, processor: Any = None, adapter: Adapter | None = None, ex: SpokenPrompt | None = None,
+                  exp: Experiment | None = None, *, replace_audio: np.ndarray | None = None, replace_sample_rate: int | None = None,
                   progress: Any = None) -> xr.DataTree:
     """Run ``exp`` on one prompt; returns its result (:func:`~lalm_interp.interventions.results.example_result`):
     an ``xr.DataTree`` whose root holds ``p_clean``/``p_corrupt``, the patched-run probabilities
@@ -160,7 +160,14 @@ def trace_example(model: torch.nn.Module, processor: Any, adapter: Adapter, ex: 
 
     The prompt's audio is at ``ex.sample_rate`` (see :class:`SpokenPrompt`); ``replace_audio`` (for
     ``Corrupt(noise='replace')``) is at ``replace_sample_rate`` Hz: required with ``replace_audio``
-    (:class:`~lalm_interp.errors.AudioInputError` without it)."""
+    (:class:`~lalm_interp.errors.AudioInputError` without it).
+
+    Two calling forms: ``trace_example(lm, ex, exp)`` with a model handle (``lalm_interp.load``), or
+    ``trace_example(model, processor, adapter, ex, exp)``."""
+    model, processor, adapter, ex, exp = model_parts(model, processor, adapter, ex, exp, what="trace_example")
+    if ex is None or exp is None:
+        raise SpecError("trace_example needs a prompt and an experiment: trace_example(lm, prompt, exp) or "
+                        "trace_example(model, processor, adapter, prompt, exp).")
     validate(exp, adapter)
     prep = TracePrompt(model, processor, adapter, ex, exp, replace_audio, replace_sample_rate=replace_sample_rate)
     base_lp = prep.compiled.base()

@@ -37,7 +37,7 @@ from ..executors import LocalExecutor
 from ..executors.resume import QUARANTINE, key_digest, scan, utc_stamp
 from ..executors.resume import quarantine as _move_aside
 from ..interventions.results import FORMAT, families, read_example
-from ..loading import NAMED
+from ..loading import NAMED, is_model_handle, model_parts
 from ..specs import Experiment, SpecError
 from .causal import SpokenPrompt, aggregate
 from .plots import plot_aie, plot_heatmap
@@ -214,11 +214,11 @@ def check_example_file(path: Path, ex: SpokenPrompt, exp: Experiment, key: dict[
 # ---------------------------------------------------------------------------- the run
 def run_experiment(
     model: Any,
-    processor: Any,
-    adapter: Any,
-    prompts: Iterable[SpokenPrompt],
-    exp: Experiment,
-    out: str | os.PathLike,
+    processor: Any = None,
+    adapter: Any = None,
+    prompts: Iterable[SpokenPrompt] | None = None,
+    exp: Experiment | None = None,
+    out: str | os.PathLike | None = None,
     *,
     provenance: dict[str, Any] | None = None,
     store: Any = None,
@@ -249,7 +249,18 @@ def run_experiment(
     ``experiment.json`` and ``aie.nc`` (``skipped``) with the reason. The aggregate's attrs carry
     ``n_traced_now`` (examples traced by this call), ``n_examples``, ``n_skipped``, ``window_used``
     (JSON ``{family: layers}``; also the ``window_used`` coordinate over ``family``), the run key.
+
+    Two calling forms: ``run_experiment(lm, prompts, exp, out)`` with a model handle (its name is the
+    provenance's ``model`` unless given), or ``run_experiment(model, processor, adapter, prompts, exp, out)``.
     """
+    if is_model_handle(model) and getattr(model, "name", None):
+        provenance = {"model": model.name, **(provenance or {})}
+    model, processor, adapter, prompts, exp, out = model_parts(model, processor, adapter, prompts, exp, out,
+                                                               what="run_experiment")
+    if prompts is None or exp is None or out is None:
+        raise SpecError("run_experiment needs prompts, an experiment and an output folder: "
+                        "run_experiment(lm, prompts, exp, out) or run_experiment(model, processor, adapter, "
+                        "prompts, exp, out).")
     if executor is None:
         if model is None or adapter is None:
             raise SpecError("run_experiment needs a model and adapter, or an executor whose workers load one.")
