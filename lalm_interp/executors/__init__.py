@@ -27,7 +27,7 @@ from .base import (
     shard_size_for,
 )
 from .faults import FAULT_ENV, InjectedFailure, fault_spec, maybe_fail
-from .make import add_cli_options, from_cli, make_executor
+from .make import from_cli, make_executor
 from .ray_executor import RayExecutor
 
 
@@ -38,7 +38,6 @@ __all__ = [
     "InjectedFailure",
     "LocalExecutor",
     "RayExecutor",
-    "add_cli_options",
     "chunks",
     "default_shard_size",
     "fault_spec",

@@ -95,3 +95,14 @@ def test_library_code_imports_at_the_top():
 @pytest.mark.parametrize("rel", sorted(LAZY_ALLOWED))
 def test_lazy_allow_list_is_not_stale(rel):
     assert (PKG / rel).exists(), rel
+
+
+def test_building_the_cli_parser_imports_no_torch():
+    """`lalm-interp --help` and argument errors answer without loading torch or nnsight: the CLI defers
+    a subcommand's machinery until it runs (the one exception to rule 4, with this reason)."""
+    import sys
+
+    code = ("import sys; from lalm_interp.apps.cli import build_parser; build_parser(); "
+            "print(sorted(m for m in ('torch', 'nnsight', 'transformers') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout

@@ -425,7 +425,7 @@ def test_sigkilled_edit_run_resumes(bench, tmp_path):
 
 def test_no_site_uses_the_documented_organism_default(bench, tmp_path, capsys):
     from lalm_interp.apps.cli import main
-    from lalm_interp.apps.cli.edit import DEFAULT_LAYERS
+    from lalm_interp.plans import DEFAULT_LAYERS
 
     assert main(["edit", "run", "--model", "organism", "--bench", str(bench), "--out", str(tmp_path), "--threads", "1",
                  "--method", "rome", "--hparam", "steps=1", "--hparam", "cov=identity", "--limit", "1"]) == 0

@@ -10,8 +10,6 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
-from lalm_interp import plans
-from lalm_interp.plans import DEFAULT_LAYERS, TWO_STREAMS
 
 from . import count, start
 
@@ -150,10 +148,11 @@ def auto_streams(method: str, site_args: Sequence[str] | None) -> tuple[str, ...
     """The streams whose layers are chosen automatically (``None``: the sites are explicit).
     ``--site auto`` / no ``--site``: audio and text for the cross-modal editors, audio for the others;
     ``--site audio.auto`` / ``--site text.auto``: that stream."""
+    from lalm_interp import plans  # the editors (torch) load when the command runs, not for --help
     from lalm_interp.editors import EditorError
 
     if not site_args:
-        return TWO_STREAMS_STREAMS if method in TWO_STREAMS else ("audio",)
+        return TWO_STREAMS_STREAMS if method in plans.TWO_STREAMS else ("audio",)
     autos = [s for s in site_args if s in ("auto", "audio.auto", "text.auto")]
     if not autos:
         return None
@@ -162,12 +161,12 @@ def auto_streams(method: str, site_args: Sequence[str] | None) -> tuple[str, ...
                           "only, or 'auto' / 'audio.auto' / 'text.auto' only. "
                           "Docs: docs/usage/evaluation.md#sites-and-presets.")
     if "auto" in autos:
-        return TWO_STREAMS_STREAMS if method in TWO_STREAMS else ("audio",)
+        return TWO_STREAMS_STREAMS if method in plans.TWO_STREAMS else ("audio",)
     streams = tuple(dict.fromkeys(a.split(".")[0] for a in autos))
-    if method in TWO_STREAMS and len(streams) != 2:
+    if method in plans.TWO_STREAMS and len(streams) != 2:
         raise EditorError(f"{method} edits an audio and a text layer; --site {autos[0]} names one stream. Use "
                           "--site auto (both). Docs: docs/usage/evaluation.md#sites-and-presets.")
-    if method not in TWO_STREAMS and len(streams) != 1:
+    if method not in plans.TWO_STREAMS and len(streams) != 1:
         raise EditorError(f"{method} edits one stream; choose --site audio.auto or --site text.auto. "
                           "Docs: docs/usage/evaluation.md#sites-and-presets.")
     return streams
@@ -210,6 +209,7 @@ def auto_layers(args: Any, executor: Any, info: dict[str, Any], cases: list, str
     (``tracing.select.top_layers``) at the position the editors key at
     (``plans.layer_spans(word, keyed=True)``: audio at the last subject word — the first with
     ``--word first`` — text at the last token)."""
+    from lalm_interp import plans  # the editors (torch) load when the command runs, not for --help
     from lalm_interp.tracing.run import run_experiment
     from lalm_interp.tracing.select import top_layers
 
@@ -230,15 +230,16 @@ def choose_sites(args: Any, executor: Any, info: dict[str, Any], cases: list, lo
     """``--site`` as given, or the default / ``auto`` sites (said on stderr; how they were chosen is
     ``meta["site_choice"]``: ``explicit``, ``default`` or ``auto``). ``info``: the model's
     ``worker_info`` (adapter name, layers per stream)."""
+    from lalm_interp import plans  # the editors (torch) load when the command runs, not for --help
     streams = auto_streams(args.method, args.site)
     if streams is None:
         meta["site_choice"] = "explicit"
         return list(args.site)
-    table = DEFAULT_LAYERS.get(loaded_name) or DEFAULT_LAYERS.get(info["adapter"])
+    table = plans.DEFAULT_LAYERS.get(loaded_name) or plans.DEFAULT_LAYERS.get(info["adapter"])
     if not args.site and table is not None:
         sites = plans.sites(table, args.method, streams)
         meta["site_choice"] = "default"
-        say(f"no --site: the documented default sites of {loaded_name if loaded_name in DEFAULT_LAYERS else info['adapter']} "
+        say(f"no --site: the documented default sites of {loaded_name if loaded_name in plans.DEFAULT_LAYERS else info['adapter']} "
             f"for {args.method}: {' '.join(sites)}")
         return sites
     if not args.site:
@@ -408,7 +409,7 @@ def register(sub) -> None:
     r.add_argument("--librispeech", default=None, help="LibriSpeech split folder to use as the corpus instead")
     r.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     r.add_argument("--quiet", action="store_true")
-    from lalm_interp.executors import add_cli_options
+    from ._scaleout import add_cli_options
 
     add_cli_options(r)
     r.set_defaults(func=run)

@@ -64,7 +64,7 @@ def register(sub) -> None:
     p.add_argument("--librispeech", default=None,
                    help="LibriSpeech split folder for the protected/statistics corpus (the paper's 5,000 "
                         "utterances); default: the synthesised fallback")
-    from lalm_interp.executors import add_cli_options
+    from ._scaleout import add_cli_options
 
     add_cli_options(p)
     p.set_defaults(func=run)

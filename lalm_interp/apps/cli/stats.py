@@ -74,7 +74,7 @@ def register(sub) -> None:
     r.add_argument("--recompute", action="store_true", help="replace statistics that are cached already")
     r.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     r.add_argument("--quiet", action="store_true")
-    from lalm_interp.executors import add_cli_options
+    from ._scaleout import add_cli_options
 
     add_cli_options(r)
     r.set_defaults(func=run)

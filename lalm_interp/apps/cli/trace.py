@@ -154,7 +154,7 @@ def register(sub) -> None:
                         "OUT/quarantine/previous-run.<time>/ and start afresh instead of refusing")
     r.add_argument("--cache", default=None, help="cache root for Read specs (default $LALM_INTERP_CACHE or ./cache)")
     r.add_argument("--no-progress", action="store_true")
-    from lalm_interp.executors import add_cli_options
+    from ._scaleout import add_cli_options
 
     add_cli_options(r)
     r.set_defaults(func=run)
