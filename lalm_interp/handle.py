@@ -35,13 +35,12 @@ from .inputs import DEFAULT_INSTRUCTION, PromptBatch, build_inputs, model_placem
 from .interventions.primitives import read
 from .scoring import score_objects
 from .sites import Site
-from .spans import position_map
+from .spans import SEQ, position_map
 from .wrap import envoy, wrap
 
 if TYPE_CHECKING:
     from .adapters.base import Adapter
 
-SEQ = "seq"
 MEASURES = ("first", "total")
 
 

@@ -72,6 +72,16 @@ def key_corpus(args: Any, bench: Any, say) -> Any:
     return KeyCorpus(corpus_id(utts), utts)
 
 
+def add_corpus_options(parser: Any) -> None:
+    """``--corpus`` / ``--corpus-n`` / ``--librispeech``: what :func:`key_corpus` reads (``edit run``
+    and ``stats run``)."""
+    parser.add_argument("--corpus", default=None, help="folder of the synthesised protected corpus (made if missing)")
+    parser.add_argument("--corpus-n", type=count(), default=None,
+                   help="utterances in the statistics corpus (default: 5000 LibriSpeech as in the paper, or 600 "
+                        "synthesised, docs/editors/protected-corpus.md)")
+    parser.add_argument("--librispeech", default=None, help="LibriSpeech split folder to use as the corpus instead")
+
+
 def closest(name: str, valid: Any) -> str:
     """`` Did you mean 'x'?`` for the valid name closest to ``name`` (empty when none is close)."""
     import difflib
@@ -402,11 +412,7 @@ def register(sub) -> None:
                    help="'produced': keep cases whose target_new is the true object of another (known) case "
                         "— an answer the model gives; audio-side edits cannot reach others on small models")
     r.add_argument("--cache", default=None, help="activation cache root for key statistics (default: $LALM_INTERP_CACHE or ./cache)")
-    r.add_argument("--corpus", default=None, help="folder of the synthesised protected corpus (made if missing)")
-    r.add_argument("--corpus-n", type=count(), default=None,
-                   help="utterances in the statistics corpus (default: 5000 LibriSpeech as in the paper, or 600 "
-                        "synthesised, docs/editors/protected-corpus.md)")
-    r.add_argument("--librispeech", default=None, help="LibriSpeech split folder to use as the corpus instead")
+    add_corpus_options(r)
     r.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     r.add_argument("--quiet", action="store_true")
     from ._scaleout import add_cli_options

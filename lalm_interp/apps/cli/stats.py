@@ -11,7 +11,7 @@ import json
 import time
 from pathlib import Path
 
-from . import count, start
+from . import start
 
 
 def run(args) -> int:
@@ -56,6 +56,8 @@ def run(args) -> int:
 
 
 def register(sub) -> None:
+    from .edit import add_corpus_options
+
     p = sub.add_parser("stats", help="key statistics (second moments) for editors, computed and cached ahead")
     s = p.add_subparsers(dest="stats_command", metavar="ACTION")
     r = s.add_parser("run", help="compute and cache key second moments at sites (what edit run reads)")
@@ -66,11 +68,7 @@ def register(sub) -> None:
     r.add_argument("--bench", default=None,
                    help="the benchmark edit run will edit: the protected corpus excludes its facts (as edit run's)")
     r.add_argument("--cache", default=None, help="activation cache root (default: $LALM_INTERP_CACHE or ./cache)")
-    r.add_argument("--corpus", default=None, help="folder of the synthesised protected corpus (made if missing)")
-    r.add_argument("--corpus-n", type=count(), default=None,
-                   help="utterances in the statistics corpus (default: 5000 LibriSpeech as in the paper, or 600 "
-                        "synthesised, docs/editors/protected-corpus.md)")
-    r.add_argument("--librispeech", default=None, help="LibriSpeech split folder to use as the corpus instead")
+    add_corpus_options(r)
     r.add_argument("--recompute", action="store_true", help="replace statistics that are cached already")
     r.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     r.add_argument("--quiet", action="store_true")
