@@ -4,6 +4,8 @@ Measured side by side in one run, for the audio stream (every encoder frame) and
 (every prompt token):
 
 * batched compiler (many restorations per forward)  vs  the naive loop (one trace per restoration);
+* the segmented back end (``Experiment.savings``, on by default; ``bench_savings.py`` measures it at
+  the real 1,500-frame window)  vs  the batched compiler;
 * text-side sweep with encoder reuse  vs  recomputing the encoder in every forward;
 * peak resident memory of each variant (each measured in its own forked process).
 
@@ -47,11 +49,13 @@ def _measure(model_name: str, stream: str, mode: str, naive_rows: int, q) -> Non
     rows = prep.rows(Restore(f"{stream}.layers.*.resid", window=1, positions="each"))
     c = prep.compiled
     c.base()
+    if mode != "segmented":
+        c.savings = ()  # the batched compiler, every row a full forward
     if mode == "naive":
         step = max(1, len(rows) // naive_rows)
         rows = rows[::step][:naive_rows]
     t0 = time.perf_counter()
-    if mode == "batched":
+    if mode in ("batched", "segmented"):
         c.run(rows, reuse_encoder=True)
     elif mode == "no_reuse":
         c.run(rows, reuse_encoder=False)
@@ -84,6 +88,9 @@ def main() -> None:
         print(f"  batched : {t_b:8.2f} s  ({1e3 * t_b / n_b:7.2f} ms/restoration, {f_b} forwards, peak RSS {m_b:6.0f} MB)")
         print(f"  naive   : {t_n:8.2f} s  ({1e3 * t_n / n_n:7.2f} ms/restoration over {n_n} sampled, peak RSS {m_n:6.0f} MB)")
         print(f"  speed-up batched vs naive (per restoration): {(t_n / n_n) / (t_b / n_b):6.1f}x")
+        n_s, t_s, f_s, m_s = measure(args.model, stream, "segmented", args.naive_rows)
+        print(f"  segmented: {t_s:8.2f} s  ({1e3 * t_s / n_s:7.2f} ms/restoration, {f_s} forwards, peak RSS {m_s:6.0f} MB)")
+        print(f"  speed-up segmented vs batched: {t_b / t_s:6.1f}x")
         if stream == "text":
             n_r, t_r, f_r, m_r = measure(args.model, stream, "no_reuse", args.naive_rows)
             print(f"  no encoder reuse: {t_r:8.2f} s ({f_r} forwards, peak RSS {m_r:6.0f} MB)")

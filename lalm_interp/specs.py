@@ -28,6 +28,8 @@ SpanSpec = Union[str, tuple[int, int]]
 NOISES = ("gaussian", "zero", "replace")
 POSITION_MODES = ("each", "all")
 METRICS = ("first", "total")
+SAVINGS = ("effective_length", "shared_prefix", "kv_reuse")
+"""The exact tracing savings (``Experiment.savings``; ``docs/usage/tracing.md#savings``)."""
 
 
 class SpecError(LalmInterpError, ValueError):
@@ -231,6 +233,12 @@ class Experiment:
     reuse_encoder: for text-side restorations, run the audio encoder once (clean + corrupt) and feed
         its merged embeddings to every restoration row (exactly equal, much cheaper).
     memory_mb: activation-memory budget per forward, used to choose the number of rows per batch.
+    savings: the exact savings the tracer may use where the model's adapter supports them (all of
+        :data:`SAVINGS` by default; ``()`` runs every restoration as a full batched forward):
+        ``effective_length`` (encoder on the real frames only), ``shared_prefix`` (each row starts
+        at its first edited layer), ``kv_reuse`` (text rows compute only positions from their first
+        edit). Results equal the full forward to float rounding (docs/usage/tracing.md#savings).
+        Left out of the JSON (and the run key) when it is the default.
     """
 
     name: str
@@ -242,11 +250,12 @@ class Experiment:
     reuse_encoder: bool = True
     memory_mb: int = 2048
     interventions: tuple[Any, ...] = field(default=(), metadata={"omit_empty": True})
+    savings: tuple[str, ...] = field(default=SAVINGS, metadata={"omit_default": True})
 
     def __post_init__(self) -> None:
         if self.metric not in METRICS:
             raise SpecError(f"Experiment.metric={self.metric!r}; expected one of {list(METRICS)}.")
-        for attr in ("restores", "patches", "reads", "interventions"):
+        for attr in ("restores", "patches", "reads", "interventions", "savings"):
             v = getattr(self, attr)
             if not isinstance(v, tuple):
                 object.__setattr__(self, attr, tuple(v))
@@ -255,6 +264,10 @@ class Experiment:
                 raise SpecError(f"Experiment.interventions holds a {type(x).__name__}, which is not a registered "
                                 "intervention kind; register its class with lalm_interp.interventions.register_kind "
                                 "(docs/usage/interventions.md#your-own-kinds).")
+        bad = [x for x in self.savings if x not in SAVINGS]
+        if bad or len(set(self.savings)) != len(self.savings):
+            raise SpecError(f"Experiment.savings={self.savings!r}: each of {list(SAVINGS)} at most once "
+                            "(() switches every saving off; docs/usage/tracing.md#savings).")
         labels = [r.label for r in self.restores]
         if len(set(labels)) != len(labels):
             raise SpecError(f"restoration families need distinct names; got {labels}. Set Restore.name.")
@@ -392,6 +405,8 @@ def _to_dict(obj: Any) -> Any:
             v = getattr(obj, f.name)
             if f.metadata.get("omit_empty") and not v:
                 continue  # e.g. Experiment.interventions: absent from the JSON of plain experiments
+            if f.metadata.get("omit_default") and v == f.default:
+                continue  # e.g. Experiment.savings: absent unless changed, so run keys stay as they were
             d[f.name] = _to_dict(v)
         return d
     if isinstance(obj, tuple):

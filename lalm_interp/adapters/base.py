@@ -95,6 +95,12 @@ class AdapterSpec:
     audio_positions: ``"valid"`` when the model keeps only the LLM audio positions of real audio
         (Qwen2-Audio, AudioFlamingo3) or ``"window"`` when every position of the padded encoder
         window is spliced in (Voxtral, SALMONN).
+    segmented: name of the segmented tracing program that runs this family's forward stage by
+        stage (:data:`lalm_interp.interventions.segmented.PROGRAMS`; ``None``: tracing runs every
+        restoration as a full batched forward). See ``docs/usage/tracing.md#savings``.
+    encoder_masks_padding: ``True`` when the audio encoder masks the padded window's frames out of
+        attention, so that running it on the real frames alone is exact (the ``effective_length``
+        saving; Qwen2-Audio). Whisper proper (Voxtral, SALMONN) attends to its padding: ``False``.
 
     Layer stacks: ``STREAM.layers.{i}.COMP`` entries are expanded over ``layer_counts[STREAM]``
     layers. A second stack inside a stream (SALMONN's BEATs) is written
@@ -118,6 +124,8 @@ class AdapterSpec:
     feature_mask_key: str | None = "feature_attention_mask"
     audio_positions: str = "valid"
     default_preset: str = "paper"
+    segmented: str | None = None
+    encoder_masks_padding: bool = False
 
     def bind(self, config: Any, processor: Any = None) -> "Adapter":
         return Adapter(self, config, processor)

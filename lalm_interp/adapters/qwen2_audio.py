@@ -59,4 +59,6 @@ ADAPTER = AdapterSpec(
     audio_slots=placeholder_slots,
     audio_token_attr="audio_token_id",
     default_preset="paper",  # the paper's settings (lalm_interp/editors/presets/*/paper.json)
+    segmented="qwen2_audio",  # lalm_interp.interventions.segmented.Qwen2AudioProgram
+    encoder_masks_padding=True,  # padded frames are masked out of attention (docs/usage/tracing.md#savings)
 )

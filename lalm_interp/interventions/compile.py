@@ -26,9 +26,11 @@ from ..adapters.base import Adapter
 from ..inputs import place
 from ..sites import Site
 from ..wrap import wrap
+from ..specs import SAVINGS
 from .kinds import apply_corruption, kind_of
 from .plan import CorruptionPlan, Edit, Row, positions_tensor
 from .primitives import read, set_
+from .segmented import program_for
 
 
 def copy_rows(w: Any, adapter: Adapter, site: Site, rows: torch.Tensor, pos: torch.Tensor, src: torch.Tensor) -> None:
@@ -91,7 +93,8 @@ class Compiled:
     (batch 1); ``L`` the prompt length; ``token_ids`` the object tokens."""
 
     def __init__(self, model: torch.nn.Module, adapter: Adapter, inputs: dict[str, torch.Tensor], L: int,
-                 token_ids: Sequence[int], corruption: CorruptionPlan, *, memory_mb: int = 2048):
+                 token_ids: Sequence[int], corruption: CorruptionPlan, *, memory_mb: int = 2048,
+                 savings: Sequence[str] = SAVINGS):
         self.model = model
         self.adapter = adapter
         self.inputs = place(inputs, model)  # the model's device, mel features in its dtype
@@ -101,8 +104,34 @@ class Compiled:
         self.memory_mb = memory_mb
         self.w = wrap(model)
         self._embeds: torch.Tensor | None = None
-        self.forwards = 0
+        self._forwards = 0
         self.read_values: dict[Site, torch.Tensor] = {}
+        self.savings = tuple(savings)
+        self._program: Any = None
+        self.segmented_rows = 0  # rows the last run() gave the segmented back end
+
+    @property
+    def forwards(self) -> int:
+        """Forwards run so far (batched traces plus segmented chunks and reference passes)."""
+        return self._forwards + (self._program.forwards if self._program is not None else 0)
+
+    @forwards.setter
+    def forwards(self, n: int) -> None:
+        """``compiled.forwards = 0`` restarts the count."""
+        self._forwards = n
+        if self._program is not None:
+            self._program.forwards = 0
+
+    def program(self) -> Any:
+        """The segmented program for this prompt (``None`` when every saving is off, or the adapter
+        declares none that can run this model, or the corruption is not at ``audio.conv2``):
+        :mod:`~lalm_interp.interventions.segmented`."""
+        if self._program is None and self.savings:
+            cls, _why = program_for(self.model, self.adapter)
+            if cls is not None and self.corruption.site in self.adapter.expand("audio.conv2"):
+                self._program = cls(self.model, self.adapter, self.inputs, self.L, self.token_ids,
+                                    self.corruption, self.savings)
+        return self._program
 
     # ------------------------------------------------------------------ core
     def _replicate(self, n: int, embeds: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
@@ -148,7 +177,7 @@ class Compiled:
             if capture_embeds and saved_embeds is None:
                 saved_embeds = self._capture_embeds()
             lp = object_logprobs_in_trace(self.w.output.logits, self.L, self.token_ids).save()
-        self.forwards += 1
+        self._forwards += 1
         if capture_embeds:
             self._embeds = saved_embeds.detach()
         self.read_values = {s: v.detach().cpu() for s, v in saved.items()}
@@ -175,8 +204,26 @@ class Compiled:
                            capture_embeds=capture, reads=reads)
 
     def run(self, rows: Sequence[Row], *, reuse_encoder: bool = True, progress: Any = None) -> torch.Tensor:
-        """(len(rows), m) object log-probs of the given rows (each corrupted unless marked clean),
-        computed in chunks; rows 0/1 of each chunk are the clean/corrupt references."""
+        """(len(rows), m) object log-probs of the given rows (each corrupted unless marked clean).
+
+        Rows the segmented program supports run there (the savings of ``self.savings``, exact);
+        the others, and every row when the savings are off or ``reuse_encoder`` is False, run
+        batched: in chunks whose rows 0/1 are the clean/corrupt references."""
+        prog = self.program() if reuse_encoder else None
+        self.segmented_rows = 0
+        if prog is not None:
+            fast = [k for k, r in enumerate(rows) if prog.supports(r)]
+            if fast:
+                rest = [k for k in range(len(rows)) if k not in set(fast)]
+                out = torch.empty(len(rows), len(self.token_ids))
+                out[fast] = prog.run([rows[k] for k in fast], self.memory_mb, progress)
+                if rest:
+                    out[rest] = self._run_batched([rows[k] for k in rest], reuse_encoder, progress)
+                self.segmented_rows = len(fast)
+                return out
+        return self._run_batched(rows, reuse_encoder, progress)
+
+    def _run_batched(self, rows: Sequence[Row], reuse_encoder: bool, progress: Any) -> torch.Tensor:
         a = self.adapter
         text_only = all(e.site.stream == "text" for r in rows for e in r.edits) and all(r.corrupted for r in rows)
         reuse = (reuse_encoder and text_only and a.spec.llm_input is not None

@@ -69,7 +69,8 @@ class TracePrompt:
                                  instruction=ex.instruction, names=[f"{ex.id} replace_audio"])
             repl = replace_values_from(model, adapter, site, other.model_inputs, a, b)
         self.corruption = CorruptionPlan(c, site, a, b, repl)
-        self.compiled = Compiled(model, adapter, inputs, L, self.token_ids, self.corruption, memory_mb=exp.memory_mb)
+        self.compiled = Compiled(model, adapter, inputs, L, self.token_ids, self.corruption, memory_mb=exp.memory_mb,
+                                 savings=exp.savings)
 
     # ------------------------------------------------------------------ positions
     def stage_of(self, site: Site) -> str:

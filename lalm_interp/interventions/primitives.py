@@ -130,16 +130,23 @@ def corrupt(w: Any, adapter: Adapter, site: "Site | str", positions: Index, nois
         positions), the clean run's spread in this trace (ROME and the paper use 3σ)."""
     s = _site(adapter, site)
     x = adapter.to_btc(s, value(w, adapter, s))
+    factor = gaussian_factor(x, positions, scale, sigma, clean_row)
+    _write(w, adapter, s, rows, positions,
+           lambda cur: cur + factor.to(device=cur.device, dtype=cur.dtype) * noise.to(device=cur.device, dtype=cur.dtype),
+           noise)
+
+
+def gaussian_factor(x: torch.Tensor, positions: Index, scale: float, sigma: "float | str | torch.Tensor",
+                    clean_row: int = 0) -> torch.Tensor:
+    """``scale·σ`` of :func:`corrupt` for a (batch, time, channels) value ``x``: σ a number, or
+    ``"span"`` — the std of ``x[clean_row, positions]`` over all its channels and positions."""
     if isinstance(sigma, str):
         if sigma != "span":
             raise SpecError(f"corrupt: sigma={sigma!r}; expected a number or 'span' (the clean row's std).")
         sig = x[clean_row, _index(positions, x.device)].float().std()
     else:
         sig = sigma if isinstance(sigma, torch.Tensor) else torch.tensor(float(sigma))
-    factor = scale * sig
-    _write(w, adapter, s, rows, positions,
-           lambda cur: cur + factor.to(device=cur.device, dtype=cur.dtype) * noise.to(device=cur.device, dtype=cur.dtype),
-           noise)
+    return scale * sig
 
 
 def in_forward_order(adapter: Adapter, sites: Iterable["Site | str"]) -> list[Site]:
@@ -147,4 +154,4 @@ def in_forward_order(adapter: Adapter, sites: Iterable["Site | str"]) -> list[Si
     return sorted({_site(adapter, s) for s in sites}, key=adapter.forward_rank)
 
 
-__all__ = ["read", "set_", "add", "corrupt", "value", "in_forward_order"]
+__all__ = ["read", "set_", "add", "corrupt", "value", "in_forward_order", "gaussian_factor"]

@@ -27,6 +27,14 @@ def prep(tiny_deep):
     return Prepared(model, processor, a, prompt(), exp)
 
 
+@pytest.fixture(scope="module")
+def prep_batched(tiny_deep):
+    """The batched compiler alone (every row a full forward): ``Experiment.savings=()``."""
+    model, processor, a = tiny_deep
+    exp = Experiment("t", corrupt=Corrupt(scale=30.0), savings=())
+    return Prepared(model, processor, a, prompt(), exp)
+
+
 def _p(lp):
     return lp[:, 0].exp()
 
@@ -64,15 +72,18 @@ def test_batched_sweep_equals_naive_loop(prep):
     assert _p(batched).std() > 0  # restorations differ from each other
 
 
-def test_encoder_reuse_equals_full_recomputation(prep):
+def test_encoder_reuse_equals_full_recomputation(prep_batched):
+    prep = prep_batched
     rows = prep.rows(Restore("text.layers.*.resid", window=1, positions="each"))[::7]
     prep.compiled.forwards = 0
     reused = prep.compiled.run(rows, reuse_encoder=True)
     full = prep.compiled.run(rows, reuse_encoder=False)
+    assert prep.compiled.segmented_rows == 0
     torch.testing.assert_close(reused, full, atol=1e-6, rtol=1e-6)
 
 
-def test_chunking_by_memory_budget_gives_same_result(prep):
+def test_chunking_by_memory_budget_gives_same_result(prep_batched):
+    prep = prep_batched
     rows = prep.rows(Restore("text.layers.*.mlp", window=3, positions=("subject", "last_word", "last_token")))
     rows += prep.rows(Restore("audio.layers.*.attn", window=2, positions=("subject",)))
     big = prep.compiled.run(rows)
