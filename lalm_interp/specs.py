@@ -255,6 +255,9 @@ class Experiment:
     def __post_init__(self) -> None:
         if self.metric not in METRICS:
             raise SpecError(f"Experiment.metric={self.metric!r}; expected one of {list(METRICS)}.")
+        if isinstance(self.savings, str) or not isinstance(self.savings, (tuple, list)):
+            raise SpecError(f"Experiment.savings={self.savings!r}: expected a tuple of names from {list(SAVINGS)} "
+                            "(e.g. savings=('kv_reuse',); () switches every saving off; docs/usage/tracing.md#savings).")
         for attr in ("restores", "patches", "reads", "interventions", "savings"):
             v = getattr(self, attr)
             if not isinstance(v, tuple):
@@ -268,6 +271,7 @@ class Experiment:
         if bad or len(set(self.savings)) != len(self.savings):
             raise SpecError(f"Experiment.savings={self.savings!r}: each of {list(SAVINGS)} at most once "
                             "(() switches every saving off; docs/usage/tracing.md#savings).")
+        object.__setattr__(self, "savings", tuple(x for x in SAVINGS if x in self.savings))  # one spelling, one run key
         labels = [r.label for r in self.restores]
         if len(set(labels)) != len(labels):
             raise SpecError(f"restoration families need distinct names; got {labels}. Set Restore.name.")

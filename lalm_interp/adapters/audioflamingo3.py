@@ -33,4 +33,8 @@ ADAPTER = replace(
     hf_class="transformers:AudioFlamingo3ForConditionalGeneration",
     build_prompt=af3_prompt,
     feature_mask_key="input_features_mask",
+    # inherited on purpose: its encoder masks the padded frames (create_bidirectional_mask) and its glue
+    # is Qwen2-Audio's, so tracing runs on the segmented Qwen2-Audio program (tested exact)
+    segmented="qwen2_audio",
+    encoder_masks_padding=True,
 )

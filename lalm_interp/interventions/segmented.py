@@ -44,8 +44,9 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 
 from ..adapters.base import Adapter
+from ..errors import AdapterError
 from ..sites import Site
-from ..specs import SAVINGS
+from ..specs import SAVINGS, SpecError
 from .plan import CorruptionPlan, Row
 from .primitives import gaussian_factor
 
@@ -147,8 +148,9 @@ class Qwen2AudioProgram(Program):
         F, n_tok = (int(v) for v in self.enc._get_feat_extract_output_lengths(torch.tensor(n_mel)))
         self.F, self.n_tok = F, n_tok
         self.a0, n = adapter.audio_slots(ids[0])
-        if n != n_tok:
-            raise ValueError(f"{n} audio placeholders for {n_tok} audio tokens")  # the model itself would refuse
+        if n != n_tok:  # the model's own forward refuses this too
+            raise AdapterError(f"the prompt has {n} audio placeholder tokens but its {n_mel} mel frames give {n_tok} "
+                               "audio tokens; build inputs with lalm_interp.inputs (one clip per prompt).")
         window = int(mel.shape[-1])
         if "effective_length" in self.savings and adapter.spec.encoder_masks_padding:
             self.mel = mel[..., : min(2 * F + 1, window)]
@@ -277,19 +279,17 @@ class Qwen2AudioProgram(Program):
         plan = self.corruption
         cs = plan.site
 
-        def corrupt(x: torch.Tensor) -> None:
-            self._apply_corruption(x)
-
         def keep(site: Site) -> Callable[[torch.Tensor], None]:
             return lambda x: values.__setitem__(site, x.clone())
 
         fns: dict[Site, Callable[[torch.Tensor], None]] = {s: keep(s) for s in sites if s != cs}
-        with self._hooks(fns):
+        with torch.no_grad(), self._hooks(fns):
             c2 = self._conv2(2)
-            x = a.to_btc(cs, c2) if cs in self.supported_sites else None
-            if x is None:
-                raise ValueError(f"segmented runs corrupt at audio.conv2; this plan corrupts at {cs}")
-            corrupt(x)
+            if cs != self.conv2:  # Compiled.program() never builds a program for such a plan
+                raise SpecError(f"the segmented back end corrupts at audio.conv2, not {cs}; run this plan with "
+                                "Experiment(savings=()) (docs/usage/tracing.md#savings).")
+            x = a.to_btc(cs, c2)
+            self._apply_corruption(x)
             if cs in sites:
                 values[cs] = x.clone()
             h = self._after_conv2(c2)
