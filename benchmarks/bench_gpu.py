@@ -20,6 +20,16 @@ Sections, each recorded on its own (a failure in one is reported and the next st
   Its own time budget (``--editors-budget-s``): an editor is skipped (and recorded) once it is spent,
   or when AlphaEdit's projectors (a CPU ``eigh`` per site) are estimated not to fit what is left.
 
+Since #18 (the exact savings, ``Experiment.savings``; docs/usage/tracing.md#savings) every sweep of
+``compiler`` and ``real_dims`` is timed twice, side by side: ``segmented_*`` keys are the segmented back
+end with the default savings (``segmented_s``, ``segmented_forwards``, ``segmented_peak_mb``,
+``segmented_ms_per_restoration``, ``segmented_full_sweep_s_estimate``, ``speedup_segmented_vs_batched``,
+``segmented_vs_batched_max_abs_dP`` over ``dP_rows`` rows both ran), and the ``batched_*`` keys, the
+naive-loop keys, ``full_sweep_s_estimate``, ``no_reuse_s`` and ``real_dims.full_example_sweep_s`` keep
+their earlier meaning: the batched compiler with the savings off (``savings=()``), comparable with
+earlier results files. ``real_dims.full_example_sweep_s_segmented`` (and
+``examples_per_gpu_hour_segmented``) is the #18 figure (goal ≤ 10 s per example on an H200).
+
     python benchmarks/bench_gpu.py --out DIR [--budget-s 420] [--small] [--sections a,b]
 
 ``--small`` swaps the 7B config for a 2+2-layer one so the script can be checked on a CPU
@@ -180,24 +190,61 @@ def editors(device: str, out_dir: Path) -> dict[str, Any]:
 
 
 def _sweep(prep, stream: str, clock: Clock, *, naive_rows: int, reuse: bool = True,
-           max_rows: int | None = None) -> dict[str, Any]:
-    from lalm_interp.specs import Restore
+           max_rows: int | None = None, seg_max_rows: int | None = None) -> dict[str, Any]:
+    """One example's full resid sweep (window 10, every position) of ``stream``.
+
+    ``segmented_*``: the segmented back end (``Experiment.savings`` default) on every row (or an
+    evenly spaced ``seg_max_rows``), after a warm-up on a fresh program; timed with the program's
+    construction and reference pass. ``batched_*``: the batched compiler with the savings off
+    (``savings=()``), on every row or ``max_rows`` evenly spaced ones — as before #18.
+    ``segmented_vs_batched_max_abs_dP``: max |P_segmented − P_batched| on the rows both ran."""
+    from lalm_interp.specs import SAVINGS, Restore
 
     rows = prep.rows(Restore(f"{stream}.layers.*.resid", window=10, positions="each"))
     n_all = len(rows)
-    if max_rows is not None and max_rows < n_all:
-        rows = rows[:: max(1, n_all // max_rows)][:max_rows]
+
+    def pick(k: int | None) -> list[int]:
+        if k is None or k >= n_all:
+            return list(range(n_all))
+        return list(range(0, n_all, max(1, n_all // k)))[:k]
+
+    b_idx, s_idx = pick(max_rows), pick(seg_max_rows)
     c = prep.compiled
     c.base()
-    r: dict[str, Any] = {"restorations_in_sweep": n_all, "restorations_timed": len(rows)}
+    r: dict[str, Any] = {"restorations_in_sweep": n_all, "restorations_timed": len(b_idx)}
+    # segmented (default savings)
+    c.savings, c._program = tuple(SAVINGS), None
+    seg_rows = [rows[i] for i in s_idx]
+    c.run(seg_rows[:: max(1, len(seg_rows) // 4)])  # warm-up
+    c._program = None
+    reset_peak(clock.device)
+    with clock(r, "segmented_s"):
+        seg = c.run(seg_rows, reuse_encoder=reuse)
+    prog = c._program
+    r["segmented_rows_timed"] = len(s_idx)
+    r["segmented_rows_on_program"] = c.segmented_rows
+    r["segmented_forwards"] = prog.forwards if prog is not None else None
+    r["segmented_peak_mb"] = peak_mb(clock.device)
+    r["segmented_ms_per_restoration"] = 1e3 * r["segmented_s"] / len(s_idx)
+    r["segmented_full_sweep_s_estimate"] = r["segmented_ms_per_restoration"] * n_all / 1e3
+    # batched (savings off: the compiler as it was before #18)
+    c.savings, c._program = (), None
     reset_peak(clock.device)
     f0 = c.forwards
     with clock(r, "batched_s"):
-        c.run(rows, reuse_encoder=reuse)
+        bat = c.run([rows[i] for i in b_idx], reuse_encoder=reuse)
     r["batched_forwards"] = c.forwards - f0
     r["batched_peak_mb"] = peak_mb(clock.device)
-    r["batched_ms_per_restoration"] = 1e3 * r["batched_s"] / len(rows)
-    sample = rows[:: max(1, len(rows) // naive_rows)][:naive_rows]
+    r["batched_ms_per_restoration"] = 1e3 * r["batched_s"] / len(b_idx)
+    pos = {k: j for j, k in enumerate(s_idx)}
+    both = [(pos[k], j) for j, k in enumerate(b_idx) if k in pos]
+    r["dP_rows"] = len(both)
+    if both:
+        si, bi = (torch.tensor(x) for x in zip(*both))
+        r["segmented_vs_batched_max_abs_dP"] = float((seg[si].exp() - bat[bi].exp()).abs().max())
+    r["speedup_segmented_vs_batched"] = r["batched_ms_per_restoration"] / r["segmented_ms_per_restoration"]
+    sample = [rows[i] for i in b_idx]
+    sample = sample[:: max(1, len(sample) // naive_rows)][:naive_rows]
     c.run_naive(sample[:1])  # warm-up
     with clock(r, "naive_s"):
         c.run_naive(sample)
@@ -207,8 +254,9 @@ def _sweep(prep, stream: str, clock: Clock, *, naive_rows: int, reuse: bool = Tr
     r["full_sweep_s_estimate"] = r["batched_ms_per_restoration"] * n_all / 1e3
     if stream == "text":
         with clock(r, "no_reuse_s"):
-            c.run(rows, reuse_encoder=False)
+            c.run([rows[i] for i in b_idx], reuse_encoder=False)
         r["speedup_encoder_reuse"] = r["no_reuse_s"] / r["batched_s"]
+    c.savings, c._program = tuple(SAVINGS), None
     return r
 
 
@@ -252,15 +300,19 @@ def real_dims(device: str, clock: Clock, small: bool, budget_s: float) -> dict[s
     base = prep.compiled.base()
     res["p_clean"], res["p_corrupt"] = (float(v) for v in base[:, 0].exp())
     t_text = time.perf_counter()
-    res["text"] = _sweep(prep, "text", clock, naive_rows=2 if small else 6, max_rows=8 if small else None)
+    res["text"] = _sweep(prep, "text", clock, naive_rows=2 if small else 6, max_rows=8 if small else None,
+                         seg_max_rows=8 if small else None)
     left = budget_s - (time.perf_counter() - t_text)
     per = res["text"]["batched_ms_per_restoration"] / 1e3 * 3  # an audio row ≈ ≤3 text rows (encoder)
     n_audio = len(prep.rows(Restore("audio.layers.*.resid", window=10, positions="each")))
     cap = None if per * n_audio < 0.6 * left else max(64, int(0.6 * left / per))
-    res["audio"] = _sweep(prep, "audio", clock, naive_rows=2 if small else 6, max_rows=8 if small else cap)
+    res["audio"] = _sweep(prep, "audio", clock, naive_rows=2 if small else 6, max_rows=8 if small else cap,
+                          seg_max_rows=8 if small else None)
     a, t = res["audio"], res["text"]
     res["full_example_sweep_s"] = a["full_sweep_s_estimate"] + t["full_sweep_s_estimate"]
     res["examples_per_gpu_hour_hidden_state_sweep"] = 3600 / res["full_example_sweep_s"]
+    res["full_example_sweep_s_segmented"] = a["segmented_full_sweep_s_estimate"] + t["segmented_full_sweep_s_estimate"]
+    res["examples_per_gpu_hour_segmented"] = 3600 / res["full_example_sweep_s_segmented"]
     return res
 
 

@@ -513,7 +513,7 @@ class Qwen2AudioProgram(Program):
         m = len(self.token_ids)
         if not rows:
             return torch.empty(0, m)
-        jobs = [self._job(k, r) for k, r in enumerate(rows)]
+        jobs, twins = self._unique([self._job(k, r) for k, r in enumerate(rows)])
         sites = {s for j in jobs for s in j.edits}
         with torch.no_grad():
             refs = self.references(sites)
@@ -540,7 +540,29 @@ class Qwen2AudioProgram(Program):
                             out[j.index] = v
                         if progress is not None:
                             progress.update(len(chunk))
+        for k, first in twins:
+            out[k] = out[first]
+        if progress is not None and twins:
+            progress.update(len(twins))
         return out
+
+    @staticmethod
+    def _unique(jobs: list[_Job]) -> tuple[list[_Job], list[tuple[int, int]]]:
+        """Jobs with distinct effects, and (row, row it equals) for the others: two rows with the
+        same base run and the same effective edits are one computation (e.g. window-10 centres whose
+        windows are clipped to the same layers of a shallow stack)."""
+        seen: dict[tuple, int] = {}
+        keep: list[_Job] = []
+        twins: list[tuple[int, int]] = []
+        for j in jobs:
+            key = (j.base, tuple(sorted((str(site), src, tuple(pos.tolist()))
+                                        for site, edits in j.edits.items() for pos, src in edits)))
+            if key in seen:
+                twins.append((j.index, seen[key]))
+            else:
+                seen[key] = j.index
+                keep.append(j)
+        return keep, twins
 
 
 def program_for(model: torch.nn.Module, adapter: Adapter) -> "tuple[type | None, str | None]":
