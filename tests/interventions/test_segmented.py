@@ -705,6 +705,9 @@ def test_memory_chunking_is_exact_and_within_budget(preps):
     c = prep.compiled
     prog = c.program()
     rows = rows_of(prep)
+    # window 10 on 6 layers clips centres 1, 2, 3 to the same six layers: one computation for the three
+    unique, twins = prog._unique([prog._job(k, r) for k, r in enumerate(rows)])
+    assert len(twins) == 2 and len(unique) == len(rows) - 2
     for mb in (1, 0):
         c.memory_mb = mb
         log0, fw0 = len(prog.chunk_log), prog.forwards
@@ -715,7 +718,7 @@ def test_memory_chunking_is_exact_and_within_budget(preps):
         log = prog.chunk_log[log0:]
         assert c.segmented_rows == len(rows)
         assert_exact(small, old)
-        assert sum(n for n, _ in log) == len(rows)  # every row in exactly one chunk (all rows have edits)
+        assert sum(n for n, _ in log) == len(unique)  # every distinct row in exactly one chunk (all have edits)
         assert prog.forwards - fw0 == len(log)      # one forward per chunk (references cached)
         budget = mb * 2**20
         for n, est in log:
@@ -729,6 +732,28 @@ def test_memory_chunking_is_exact_and_within_budget(preps):
     log0 = len(prog.chunk_log)
     c.run(rows)
     assert len(prog.chunk_log) - log0 < len(rows) // 2
+    assert_exact(new, old)
+
+
+def test_identical_rows_are_computed_once(preps):
+    """Rows with the same base run and the same effective edits are one computation, and every one
+    of them gets its result (window 10 on a 6-layer stack: centres 1-5 restore the same layers)."""
+    exp = Experiment("seg", corrupt=Corrupt(scale=10.0))
+
+    def rows_of(p):
+        return p.rows(Restore("text.layers.*.resid", window=10, positions=("last_token", "subject")))
+
+    new, old, prep = run_both(preps, "tiny-random", exp, rows_of)
+    prog = prep.compiled.program()
+    rows = rows_of(prep)
+    unique, twins = prog._unique([prog._job(k, r) for k, r in enumerate(rows)])
+    assert len(rows) == 12 and len(unique) == 4 and len(twins) == 8  # centres 0 | 1-5, two position groups
+    log0 = len(prog.chunk_log)
+    again = prep.compiled.run(rows)
+    assert sum(n for n, _ in prog.chunk_log[log0:]) == 4
+    for k, first in twins:
+        assert torch.equal(again[k], again[first])
+    assert_exact(again, old)
     assert_exact(new, old)
 
 
