@@ -25,8 +25,8 @@ import torch
 from ..adapters.base import Adapter
 from ..inputs import place
 from ..sites import Site
-from ..wrap import wrap
 from ..specs import SAVINGS
+from ..wrap import wrap
 from .kinds import apply_corruption, kind_of
 from .plan import CorruptionPlan, Edit, Row, positions_tensor
 from .primitives import read, set_
@@ -109,6 +109,7 @@ class Compiled:
         self.savings = tuple(savings)
         self._program: Any = None
         self.segmented_rows = 0  # rows the last run() gave the segmented back end
+        self.why_batched: str | None = None  # why program() is None, once asked
 
     @property
     def forwards(self) -> int:
@@ -126,11 +127,16 @@ class Compiled:
         """The segmented program for this prompt (``None`` when every saving is off, or the adapter
         declares none that can run this model, or the corruption is not at ``audio.conv2``):
         :mod:`~lalm_interp.interventions.segmented`."""
-        if self._program is None and self.savings:
-            cls, _why = program_for(self.model, self.adapter)
-            if cls is not None and self.corruption.site in self.adapter.expand("audio.conv2"):
+        if self._program is None:
+            cls, why = program_for(self.model, self.adapter)
+            if not self.savings:
+                why = "Experiment.savings is ()"
+            elif cls is not None and self.corruption.site not in self.adapter.expand("audio.conv2"):
+                why = f"the corruption is at {self.corruption.site}, not audio.conv2"
+            elif cls is not None:
                 self._program = cls(self.model, self.adapter, self.inputs, self.L, self.token_ids,
                                     self.corruption, self.savings)
+            self.why_batched = why if self._program is None else None
         return self._program
 
     # ------------------------------------------------------------------ core
@@ -214,7 +220,8 @@ class Compiled:
         if prog is not None:
             fast = [k for k, r in enumerate(rows) if prog.supports(r)]
             if fast:
-                rest = [k for k in range(len(rows)) if k not in set(fast)]
+                on = set(fast)
+                rest = [k for k in range(len(rows)) if k not in on]
                 out = torch.empty(len(rows), len(self.token_ids))
                 out[fast] = prog.run([rows[k] for k in fast], self.memory_mb, progress)
                 if rest:

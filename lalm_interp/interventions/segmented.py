@@ -24,6 +24,9 @@ float rounding; tested to 1e-5 against the batched path) and each switchable thr
     token: the chat template's system prompt before it is shared by every row of both streams.
     Logits are computed only where the object is scored.
 
+And whenever the program runs, rows with the same base run and the same effective edits are computed
+once (a window clipped to the same layers of a shallow stack, for instance).
+
 The reference runs (clean and corrupted) are computed once per prompt through the same segmented
 forward, with the corruption at its site exactly as in the batched path (σ of the clean values over
 the span, the same seeded draw). Rows whose edits this back end cannot place (sites outside

@@ -615,6 +615,7 @@ def test_adapters_without_a_program_fall_back(models, name):
                                Restore("text.layers.*.mlp", window=1, positions=("last_token",))))
     prep = TracePrompt(model, processor, a, EX, exp)
     assert prep.compiled.program() is None
+    assert prep.compiled.why_batched == why
     rows = prep.rows(exp.restores[0]) + prep.rows(exp.restores[1])
     new = prep.compiled.run(rows)
     assert prep.compiled.segmented_rows == 0
@@ -630,6 +631,11 @@ def test_other_fallbacks_corruption_elsewhere_no_reuse_and_attention(models, pre
     exp = Experiment("seg", corrupt=Corrupt(at="audio.layers.0.resid", scale=10.0))
     prep = TracePrompt(model, processor, a, EX, exp)
     assert prep.compiled.program() is None
+    assert "not audio.conv2" in prep.compiled.why_batched
+    off = TracePrompt(model, processor, a, EX, Experiment("seg", savings=()))
+    assert off.compiled.program() is None and off.compiled.why_batched == "Experiment.savings is ()"
+    assert preps("tiny-random", Experiment("seg")).compiled.program() is not None
+    assert preps("tiny-random", Experiment("seg")).compiled.why_batched is None
     rows = prep.rows(Restore("audio.layers.2:4.mlp", window=1, positions=("subject",)))
     prep.compiled.run(rows)
     assert prep.compiled.segmented_rows == 0
