@@ -375,7 +375,9 @@ class Qwen2AudioProgram(Program):
         cfg = self.adapter.config
         tc = cfg.text_config
         q = self.S - t
-        per = 4 * (tc.num_attention_heads * q * self.S + 4 * q * tc.intermediate_size + 2 * len(self.token_ids) * tc.vocab_size)
+        kv = int(tc.num_key_value_heads) * int(getattr(tc, "head_dim", None) or tc.hidden_size // tc.num_attention_heads)
+        per = 4 * (tc.num_attention_heads * q * self.S + 4 * q * tc.intermediate_size + 2 * len(self.token_ids) * tc.vocab_size
+                   + 2 * self.S * kv)  # + the prefix keys/values each row attends to
         if job.audio_start is not None:
             ac = cfg.audio_config
             per += 4 * (ac.encoder_attention_heads * self.Fe * self.Fe + 4 * self.Fe * ac.encoder_ffn_dim)
