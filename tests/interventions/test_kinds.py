@@ -1,17 +1,17 @@
-"""Open intervention kinds: the built-in specs run through the registry, and a kind defined here
-(in the test file, the compiler untouched) is registered, validated, compiled and serialised."""
+"""Open intervention kinds: the built-in specs run through the registry, and a kind defined in the
+tests (``scale_kind.Scale``, the compiler untouched) is registered, validated, compiled and serialised."""
 
 import json
 from dataclasses import dataclass
 
 import numpy as np
 import pytest
-import torch
 
-from lalm_interp.interventions import Edit, KindResult, Row, TracePrompt, kind_of, read, register_kind, set_, trace_example
+from lalm_interp.interventions import TracePrompt, kind_of, register_kind, trace_example
 from lalm_interp.interventions.kinds import KINDS, PatchKind, ReadKind, RestoreKind
 from lalm_interp.prompts import SpokenPrompt
 from lalm_interp.specs import Corrupt, Experiment, Patch, Read, Restore, SpecError
+from scale_kind import Scale, zeroed_forward_p
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -21,38 +21,6 @@ WORDS = (("Metropolitan", 0.0, 0.765), ("France's", 0.765, 1.270), ("capital", 1
 def prompt(seed=0):
     audio = (0.3 * np.random.default_rng(seed).standard_normal(int(1.95 * 16000))).astype(np.float32)
     return SpokenPrompt(f"ex{seed}", audio, WORDS, (0, 1), "Paris", sample_rate=16000)
-
-
-@register_kind
-@dataclass(frozen=True)
-class Scale:
-    """Multiply the values at a site over named spans by ``factor`` (0: zero-ablation), in one new
-    run (the clean or the corrupted one); result ``p:<name>``."""
-
-    at: str
-    factor: float = 0.0
-    positions: tuple = ("last_token",)
-    run: str = "clean"
-    name: str = "scaled"
-
-    def validate(self, adapter, exp):
-        if len(adapter.expand(self.at)) != 1:
-            raise SpecError(f"Scale.at={self.at!r} must name one site")
-
-    def rows(self, prompt):
-        site = prompt.adapter.one(self.at)
-        pos = prompt.span_positions(site, self.positions)
-        return [Row({"run": self.name}, corrupted=self.run == "corrupt", edits=[Edit(site, pos, kind=self)])]
-
-    def apply(self, w, adapter, site, edits):
-        for row, e in edits:
-            set_(w, adapter, site, read(w, adapter, site, e.positions, row) * self.factor, e.positions, row)
-
-    def results(self, prompt, rows, p, base):
-        return KindResult(scalars={f"p:{self.name}": float(p[0])})
-
-    def result_variables(self):
-        return [f"p:{self.name}"]
 
 
 def test_built_in_specs_are_registered_kinds():
@@ -85,18 +53,7 @@ def test_a_kind_defined_here_runs_through_the_compiler(tiny_deep):
     pos = prep.span_positions(site, ("last_token",))
     assert pos.tolist() == [prep.L - 1]
 
-    def hook(m, args, out):
-        out = out.clone()
-        out[:, pos] = 0.0
-        return out
-
-    h = a.module(model, site).register_forward_hook(hook)
-    try:
-        with torch.no_grad():
-            logits = model(**prep.inputs, use_cache=False).logits
-    finally:
-        h.remove()
-    p_ref = float(torch.log_softmax(logits[0, prep.L - 1].float(), -1)[prep.token_ids[0]].exp())
+    p_ref = zeroed_forward_p(model, prep, site, pos)
     assert float(res["p:zeroed"]) == pytest.approx(p_ref, abs=1e-6)
     assert float(res["p:zeroed"]) != pytest.approx(float(res["p_clean"]), abs=1e-6)  # the ablation did something
     assert "p:doubled" in res.ds and float(res["p:doubled"]) != pytest.approx(float(res["p_corrupt"]), abs=1e-6)

@@ -19,18 +19,18 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
-from dataclasses import dataclass
 
 import numpy as np
 import pytest
 import torch
 
-from lalm_interp.interventions import Compiled, Edit, KindResult, Row, TracePrompt, read, register_kind, set_, trace_example
+from lalm_interp.interventions import Compiled, Edit, Row, TracePrompt, read, trace_example
 from lalm_interp.interventions.plan import positions_tensor
 from lalm_interp.interventions.segmented import PROGRAMS, Qwen2AudioProgram, program_for
 from lalm_interp.prompts import SpokenPrompt
 from lalm_interp.specs import SAVINGS, Corrupt, Experiment, Patch, Restore, SpecError
 from lalm_interp.wrap import wrap
+from scale_kind import Scale, zeroed_forward_p
 
 pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.filterwarnings("ignore::UserWarning")]
 
@@ -313,7 +313,7 @@ def test_mixed_supported_and_unsupported_rows_keep_their_order(preps):
         sup = [r for s in PATCHES[:4] + PATCHES[6:9] for r in p.rows(s)]
         sup += p.rows(Restore("text.layers.*.mlp", window=3, positions=("last_token",)))
         uns = [r for s in UNSUPPORTED for r in p.rows(s)]
-        zero = ZeroAblate("text.layers.3.mlp", ("last_token",))
+        zero = Scale("text.layers.3.mlp", 0.0, ("last_token",), name="zeroed")
         uns += zero.rows(p)
         out = []
         for k in range(max(len(sup), len(uns))):  # interleaved, unsupported first
@@ -418,34 +418,10 @@ def test_random_rows_equal_the_batched_path(preps, name, seed):
 
 
 # ------------------------------------------------------------------------------------ 4. own kinds
-@register_kind
-@dataclass(frozen=True)
-class ZeroAblate:
-    """Zero a site's values over named spans in the clean run (a kind of this test module)."""
-
-    at: str
-    positions: tuple = ("last_token",)
-    name: str = "zeroed"
-
-    def rows(self, prompt):
-        site = prompt.adapter.one(self.at)
-        return [Row({"run": self.name}, corrupted=False, edits=[Edit(site, prompt.span_positions(site, self.positions), kind=self)])]
-
-    def apply(self, w, adapter, site, edits):
-        for row, e in edits:
-            set_(w, adapter, site, read(w, adapter, site, e.positions, row) * 0.0, e.positions, row)
-
-    def results(self, prompt, rows, p, base):
-        return KindResult(scalars={f"p:{self.name}": float(p[0])})
-
-    def result_variables(self):
-        return [f"p:{self.name}"]
-
-
 @pytest.mark.parametrize("name", MODELS)
 def test_a_registered_kind_runs_on_the_batched_path(models, monkeypatch, name):
     model, processor, a = models(name)
-    zero = ZeroAblate("text.layers.2.mlp", ("subject", "last_token"))
+    zero = Scale("text.layers.2.mlp", 0.0, ("subject", "last_token"), name="zeroed")
     exp = Experiment("k", restores=(Restore("text.layers.*.mlp", window=3, positions=("last_token",)),),
                      interventions=(zero,))
     seen: list[tuple[str, int, int]] = []
@@ -467,18 +443,7 @@ def test_a_registered_kind_runs_on_the_batched_path(models, monkeypatch, name):
     site = a.one(zero.at)
     pos = prep.span_positions(site, zero.positions)
 
-    def hook(m, args, out):
-        out = out.clone()
-        out[:, pos] = 0.0
-        return out
-
-    h = a.module(model, site).register_forward_hook(hook)
-    try:
-        with torch.no_grad():
-            logits = model(**prep.compiled.inputs, use_cache=False).logits
-    finally:
-        h.remove()
-    p_ref = float(torch.log_softmax(logits[0, prep.L - 1].float(), -1)[prep.token_ids[0]].exp())
+    p_ref = zeroed_forward_p(model, prep, site, pos)
     assert float(res["p:zeroed"]) == pytest.approx(p_ref, abs=1e-6)
     assert abs(np.log(float(res["p:zeroed"])) - np.log(float(res["p_clean"]))) > 100 * TOL  # the ablation did something
 
