@@ -232,10 +232,11 @@ class Compiled:
 
     def _run_batched(self, rows: Sequence[Row], reuse_encoder: bool, progress: Any) -> torch.Tensor:
         a = self.adapter
-        text_only = (all(e.site.stream == "text" and a.forward_rank(e.site) > self._llm_rank for r in rows for e in r.edits)
+        llm = self._llm_rank
+        text_only = (all(e.site.stream == "text" and a.forward_rank(e.site) > llm for r in rows for e in r.edits)
                      and all(r.corrupted for r in rows))  # text.embed runs before the reused embeddings: not reusable
         reuse = (reuse_encoder and text_only and a.spec.llm_input is not None
-                 and a.forward_rank(self.corruption.site) < self._llm_rank)  # corruption inside the reused part
+                 and a.forward_rank(self.corruption.site) < llm)  # corruption inside the reused part
         if reuse and self._embeds is None:
             self.base()
         seq = self.inputs["input_ids"].shape[1]
